@@ -1,0 +1,202 @@
+"""The ``hubcull`` command line: ``hubcull sweep`` (no Kubernetes) and ``hubcull run``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .durations import format_duration
+from .engine import SweepOutcome, TokenError, clean_token, sweep_policy
+from .policy import Policy, PolicyError, parse_spec
+from .status import describe_cull
+
+TOKEN_ENV = "JUPYTERHUB_API_TOKEN"
+
+
+class CLIError(Exception):
+    """A problem reported as one line on stderr; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def load_manifest(path: str) -> tuple[str, Policy]:
+    """Read the first CullPolicy in a YAML file: its name and parsed spec."""
+    try:
+        text = Path(path).read_text() if path != "-" else sys.stdin.read()
+        docs = [d for d in yaml.safe_load_all(text) if d]
+    except OSError as exc:
+        raise CLIError(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise CLIError(f"{path} is not valid YAML: {exc}") from None
+    for doc in docs:
+        if isinstance(doc, dict) and doc.get("kind") == "CullPolicy":
+            name = str((doc.get("metadata") or {}).get("name", "cullpolicy"))
+            try:
+                return name, parse_spec(doc.get("spec"))
+            except PolicyError as exc:
+                raise CLIError(f"{path}: invalid CullPolicy {name}: {exc}") from None
+    raise CLIError(f"{path} has no CullPolicy (kind: CullPolicy)")
+
+
+def read_token(token_file: str | None) -> str:
+    """The Hub token from ``--token-file`` or ``$JUPYTERHUB_API_TOKEN``."""
+    try:
+        if token_file:
+            try:
+                return clean_token(Path(token_file).read_text(), f"token file {token_file}")
+            except OSError as exc:
+                raise CLIError(f"cannot read token file {token_file}: {exc.strerror}") from None
+        raw = os.environ.get(TOKEN_ENV)
+        if raw is None:
+            raise CLIError(f"set {TOKEN_ENV} or pass --token-file with the Hub API token")
+        return clean_token(raw, TOKEN_ENV)
+    except TokenError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def decision_lines(outcome: SweepOutcome) -> list[str]:
+    """One line per decision, as ``hubcull sweep`` prints them."""
+    result = outcome.result
+    if result is None:
+        return []
+    lines = []
+    for c in result.culls:
+        if c.error:
+            lines.append(f"FAILED   {describe_cull(c)}: {c.error}")
+        elif c.dry_run:
+            lines.append(f"WOULD    stop {describe_cull(c)}" + (" and remove" if c.removed else ""))
+        else:
+            verb = "stopping" if c.outcome == "stopping" else "stopped"
+            lines.append(f"CULLED   {verb} {describe_cull(c)}" + (", removed" if c.removed else ""))
+    for d in result.held_back:
+        lines.append(
+            f"HELD     {d.label} ({d.reason}, idle {format_duration(d.idle_seconds)}): "
+            "safety limit, waits for the next sweep"
+        )
+    for c in result.removals:
+        verb = "WOULD    remove" if c.dry_run else ("FAILED   remove" if c.error else "REMOVED ")
+        tail = f": {c.error}" if c.error else ""
+        lines.append(f"{verb} stopped {c.label} (idle {format_duration(c.idle_seconds)}){tail}")
+    for u in result.user_culls:
+        verb = "WOULD    delete" if u.dry_run else ("FAILED   delete" if u.error else "DELETED ")
+        tail = f": {u.error}" if u.error else ""
+        lines.append(f"{verb} user {u.user} (idle {format_duration(u.idle_seconds)}){tail}")
+    if not lines:
+        lines.append(
+            f"nothing to cull: {result.running} running servers in scope, none over a limit"
+        )
+    return lines
+
+
+def print_outcome(name: str, outcome: SweepOutcome) -> None:
+    """Print the decisions, then the status the operator would write, as YAML."""
+    for line in decision_lines(outcome):
+        print(line)
+    if outcome.result is None:
+        print(f"sweep of {name} did not run: {outcome.reason}: {outcome.message}")
+    print(yaml.safe_dump({"status": outcome.status}, sort_keys=False).rstrip())
+    sys.stdout.flush()
+
+
+def _read_ca(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise CLIError(f"cannot read CA file {path}: {exc.strerror}") from None
+
+
+async def _sweep_loop(name: str, policy: Policy, token: str, ca_pem: str | None, once: bool) -> int:
+    status: dict[str, Any] | None = None
+    while True:
+        outcome = await sweep_policy(policy, token, previous=status, ca_pem=ca_pem)
+        print_outcome(name, outcome)
+        status = outcome.status
+        if once:
+            if outcome.reason and outcome.reason != "Suspended":
+                raise CLIError(f"{outcome.reason}: {outcome.message}", code=1)
+            return 0
+        await asyncio.sleep(policy.every)
+
+
+def sweep_command(args: argparse.Namespace) -> int:
+    """``hubcull sweep``: load the manifest and token, then sweep once or every ``spec.every``."""
+    name, policy = load_manifest(args.file)
+    if args.dry_run:
+        policy = dataclasses.replace(policy, dry_run=True)
+    token = read_token(args.token_file)
+    return asyncio.run(_sweep_loop(name, policy, token, _read_ca(args.ca_file), args.once))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hubcull", description="Cull idle JupyterHub servers by CullPolicy resources."
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sweep = commands.add_parser(
+        "sweep", help="sweep a Hub with a CullPolicy manifest, without Kubernetes"
+    )
+    sweep.add_argument("-f", "--file", required=True, help="a YAML file with a CullPolicy")
+    sweep.add_argument("--once", action="store_true", help="sweep once and exit")
+    sweep.add_argument("--dry-run", action="store_true", help="decide and report, cull nothing")
+    sweep.add_argument("--token-file", help=f"file with the Hub token (default: ${TOKEN_ENV})")
+    sweep.add_argument("--ca-file", help="PEM bundle to trust for an https Hub")
+
+    run = commands.add_parser("run", help="run the operator")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch this namespace (repeatable; default: the pod's own)",
+    )
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch all namespaces")
+    run.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics here")
+    run.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    peering = run.add_mutually_exclusive_group()
+    peering.add_argument(
+        "--standalone",
+        action="store_true",
+        default=True,
+        help="no peering (default; run one replica)",
+    )
+    peering.add_argument("--peering", help="kopf peering name, for several replicas")
+    run.add_argument("--priority", type=int, default=0, help="peering priority of this replica")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hubcull`` console script."""
+    args = _parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "sweep":
+            return sweep_command(args)
+        from .operator_main import run_operator
+
+        return run_operator(args)
+    except CLIError as exc:
+        print(f"hubcull: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,346 @@
+"""An async JupyterHub REST API client: paginated listing, stops, deletes, the Hub's clock.
+
+Every request has a timeout and goes through one semaphore (``concurrency`` in flight);
+GETs are retried with backoff on connection errors, 429 and 5xx. The token is sent only in
+the ``Authorization`` header and never appears in messages or logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import re
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal
+from urllib.parse import quote
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+PAGINATION_ACCEPT = "application/jupyterhub-pagination+json"
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_SCOPE_RE = re.compile(r"requires any of \[([^\]]*)\]")
+
+StopOutcome = Literal["stopped", "stopping", "gone"]
+
+
+class HubAPIError(Exception):
+    """Base class of the Hub failures a sweep reports; ``reason`` is the Ready reason."""
+
+    reason = "HubError"
+
+
+class HubUnreachable(HubAPIError):
+    """The Hub did not answer (connection refused, timeout, broken connection)."""
+
+    reason = "HubUnreachable"
+
+
+class HubUnauthorized(HubAPIError):
+    """The Hub refuses the token (403 "Missing or invalid credentials", or 401)."""
+
+    reason = "Unauthorized"
+
+
+class HubForbidden(HubAPIError):
+    """The token is valid but lacks a scope; ``scope`` names it."""
+
+    reason = "Forbidden"
+
+    def __init__(self, message: str, scope: str) -> None:
+        super().__init__(message)
+        self.scope = scope
+
+
+class HubError(HubAPIError):
+    """The Hub answered, but not with what the API promises (5xx, 404, malformed JSON)."""
+
+    reason = "HubError"
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a paginated listing."""
+
+    items: list[dict[str, Any]]
+    offset: int
+    limit: int
+    total: int | None
+    next_offset: int | None
+
+
+def quote_name(name: str) -> str:
+    """URL-quote a user or server name as one path segment."""
+    return quote(name, safe="")
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200].strip()
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"]
+    return str(body)[:200]
+
+
+def make_ssl_context(ca_pem: str | None) -> ssl.SSLContext | bool:
+    """An SSL context trusting ``ca_pem`` (a PEM bundle), or default verification."""
+    if not ca_pem:
+        return True
+    return ssl.create_default_context(cadata=ca_pem)
+
+
+class HubClient:
+    """A client for one Hub's REST API root (``.../hub/api``)."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        timeout: float = 60.0,
+        concurrency: int = 10,
+        page_size: int = 200,
+        ca_pem: str | None = None,
+        retries: int = 3,
+        backoff: float = 0.5,
+        on_response: Callable[[str], None] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.page_size = page_size
+        self.retries = retries
+        self.backoff = backoff
+        self._on_response = on_response
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._hub_now: datetime | None = None
+        self._http = httpx.AsyncClient(
+            headers={"Authorization": f"token {token}", "User-Agent": "hubcull"},
+            timeout=httpx.Timeout(timeout),
+            verify=make_ssl_context(ca_pem),
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    async def __aenter__(self) -> HubClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    # -- the Hub's clock -----------------------------------------------------------------
+    def start_clock(self) -> None:
+        """Forget the Hub time seen so far; :attr:`hub_now` then reports the earliest after."""
+        self._hub_now = None
+
+    @property
+    def hub_now(self) -> datetime | None:
+        """The earliest ``Date`` header seen since :meth:`start_clock`, or ``None``."""
+        return self._hub_now
+
+    def _note_date(self, response: httpx.Response) -> None:
+        header = response.headers.get("date")
+        if not header:
+            return
+        try:
+            when = email.utils.parsedate_to_datetime(header)
+        except (TypeError, ValueError):
+            return
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        if self._hub_now is None or when < self._hub_now:
+            self._hub_now = when
+
+    # -- requests ------------------------------------------------------------------------
+    def _count(self, code: str) -> None:
+        if self._on_response is not None:
+            self._on_response(code)
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        url = f"{self.url}{path}"
+        attempts = self.retries + 1 if method == "GET" else 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                async with self._semaphore:
+                    response = await self._http.request(method, url, **kwargs)
+            except httpx.TimeoutException as exc:
+                self._count("timeout")
+                if last:
+                    raise HubUnreachable(
+                        f"the Hub at {self.url} did not answer in time ({type(exc).__name__})"
+                    ) from None
+            except httpx.TransportError as exc:
+                self._count("error")
+                if last:
+                    raise HubUnreachable(
+                        f"cannot reach the Hub at {self.url}: {type(exc).__name__}: {exc}"
+                    ) from None
+            else:
+                self._count(str(response.status_code))
+                self._note_date(response)
+                if response.status_code not in RETRY_STATUSES or last:
+                    return response
+                await asyncio.sleep(self._retry_delay(attempt, response))
+                continue
+            await asyncio.sleep(self._retry_delay(attempt, None))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _retry_delay(self, attempt: int, response: httpx.Response | None) -> float:
+        if response is not None and response.status_code == 429:
+            retry_after = response.headers.get("retry-after", "")
+            if retry_after.isdigit():
+                return min(float(retry_after), 30.0)
+        return self.backoff * (2**attempt) * (0.5 + random.random())
+
+    def _raise_for_status(self, response: httpx.Response, what: str) -> None:
+        status = response.status_code
+        if status < 400:
+            return
+        message = _error_message(response)
+        if status == 401 or (status == 403 and "credentials" in message.lower()):
+            raise HubUnauthorized(
+                f"the Hub refused the token ({status} {message}) while trying to {what}"
+            )
+        if status == 403:
+            match = _SCOPE_RE.search(message)
+            scope = match.group(1).split(",")[0].strip(" '\"") if match else "unknown"
+            raise HubForbidden(
+                f"the token lacks the scope {scope} needed to {what} ({message})", scope
+            )
+        raise HubError(f"the Hub answered {status} while trying to {what}: {message}", status)
+
+    def _json(self, response: httpx.Response, what: str) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            raise HubError(
+                f"the Hub sent malformed JSON while trying to {what} "
+                f"({response.headers.get('content-type', 'no content type')})",
+                response.status_code,
+            ) from None
+
+    # -- API calls -----------------------------------------------------------------------
+    async def info(self) -> dict[str, Any]:
+        """``GET /`` of the API: the Hub's version. Checks that the URL is the API root."""
+        response = await self._send("GET", "/")
+        self._raise_for_status(response, "read the Hub version")
+        body = self._json(response, "read the Hub version")
+        if not isinstance(body, dict) or "version" not in body:
+            raise HubError(
+                f"{self.url} is not a JupyterHub API root (no version in its answer); "
+                "spec.hub.url should end in /hub/api"
+            )
+        return body
+
+    async def _page(self, params: dict[str, str], offset: int, limit: int) -> Page:
+        what = "list users"
+        response = await self._send(
+            "GET",
+            "/users",
+            params={**params, "offset": str(offset), "limit": str(limit)},
+            headers={"Accept": PAGINATION_ACCEPT},
+        )
+        self._raise_for_status(response, what)
+        body = self._json(response, what)
+        if isinstance(body, list):
+            raise HubError("the Hub answered a plain list, not pages: JupyterHub 2.0+ is required")
+        if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+            raise HubError("the Hub's user listing has no items: not a JupyterHub API answer")
+        pagination = body.get("_pagination")
+        if not isinstance(pagination, dict):
+            raise HubError("the Hub's user listing has no _pagination")
+        try:
+            got_offset = int(pagination.get("offset", offset))
+            got_limit = int(pagination.get("limit", limit))
+            total = pagination.get("total")
+            total = int(total) if total is not None else None
+            nxt = pagination.get("next")
+            next_offset = int(nxt["offset"]) if isinstance(nxt, dict) else None
+        except (TypeError, ValueError, KeyError):
+            raise HubError("the Hub's _pagination is malformed") from None
+        items = body["items"]
+        if got_offset != offset:
+            raise HubError(f"the Hub answered offset {got_offset} when asked for {offset}")
+        if next_offset is not None and next_offset != got_offset + got_limit:
+            raise HubError(f"the Hub's next page offset {next_offset} does not follow {offset}")
+        return Page(items, got_offset, got_limit, total, next_offset)
+
+    async def list_users(
+        self, state: str | None = None, include_stopped_servers: bool = False
+    ) -> list[dict[str, Any]]:
+        """Every user model matching ``state``, following the Hub's pagination to the end.
+
+        After the first page the remaining pages (known from ``total``) are fetched
+        concurrently; a listing that cannot be completed raises instead of returning part.
+        """
+        params: dict[str, str] = {}
+        if state:
+            params["state"] = state
+        if include_stopped_servers:
+            params["include_stopped_servers"] = "1"
+        first = await self._page(params, 0, self.page_size)
+        items = list(first.items)
+        if first.next_offset is None:
+            return items
+        limit = first.limit or self.page_size
+        total = first.total if first.total is not None else first.next_offset + limit
+        offsets = list(range(first.next_offset, total, limit))
+        pages = await asyncio.gather(*(self._page(params, o, limit) for o in offsets))
+        next_offset = first.next_offset
+        for page in pages:
+            items.extend(page.items)
+            next_offset = page.next_offset
+        while next_offset is not None:
+            page = await self._page(params, next_offset, limit)
+            items.extend(page.items)
+            next_offset = page.next_offset
+        return items
+
+    async def get_user(self, name: str) -> dict[str, Any] | None:
+        """One user's model, or ``None`` if the user does not exist."""
+        response = await self._send("GET", f"/users/{quote_name(name)}")
+        if response.status_code == 404:
+            return None
+        self._raise_for_status(response, f"read user {name}")
+        body = self._json(response, f"read user {name}")
+        if not isinstance(body, dict):
+            raise HubError(f"the Hub's model of user {name} is not an object")
+        return body
+
+    async def stop_server(self, user: str, server: str, remove: bool = False) -> StopOutcome:
+        """Stop (and with ``remove`` delete) a server: ``stopped`` (204), ``stopping`` (202,
+        the Hub finishes it), or ``gone`` (404: nothing to stop)."""
+        path = f"/users/{quote_name(user)}/server"
+        if server:
+            path = f"/users/{quote_name(user)}/servers/{quote_name(server)}"
+        kwargs: dict[str, Any] = {"json": {"remove": True}} if remove else {}
+        response = await self._send("DELETE", path, **kwargs)
+        if response.status_code == 404:
+            return "gone"
+        self._raise_for_status(response, f"stop {user}/{server}" if server else f"stop {user}")
+        return "stopping" if response.status_code == 202 else "stopped"
+
+    async def delete_user(self, name: str) -> Literal["deleted", "gone"]:
+        """Delete a user (``gone`` if it no longer exists)."""
+        response = await self._send("DELETE", f"/users/{quote_name(name)}")
+        if response.status_code == 404:
+            return "gone"
+        self._raise_for_status(response, f"delete user {name}")
+        return "deleted"

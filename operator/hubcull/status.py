@@ -1,0 +1,194 @@
+"""CullPolicy ``status``: counts, recent culls and metav1.Condition-shaped conditions.
+
+Both ``hubcull sweep`` (which prints it) and the operator (which patches it) build the status
+here, from the previous status and a sweep result or failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from .durations import format_duration
+from .policy import Policy
+from .sweep import SweepResult
+
+RECENT_CULLS_LIMIT = 20
+
+#: What an admin should do about each reason ``Ready`` can be False for.
+ADVICE = {
+    "HubUnreachable": "check spec.hub.url and that the Hub is running and reachable from hubcull",
+    "Unauthorized": "put a token the Hub accepts in the Secret named by spec.hub.tokenSecretRef",
+    "Forbidden": "add the scope to the role of hubcull's service in the Hub "
+    "(z2jh: hub.loadRoles.hubcull.scopes)",
+    "TokenSecretMissing": "create the Secret or fix spec.hub.tokenSecretRef",
+    "InvalidSpec": "fix the fields named and apply the CullPolicy again",
+    "HubError": "check the Hub's logs and spec.hub.url",
+}
+
+
+def isotime(when: datetime) -> str:
+    """RFC 3339 in UTC with seconds, as Kubernetes writes times: ``2026-11-22T10:00:00Z``."""
+    return when.astimezone(timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def failure_message(reason: str, detail: str) -> str:
+    """One sentence: what is wrong, then what to do."""
+    advice = ADVICE.get(reason)
+    detail = detail.rstrip(". ")
+    return f"{detail[:1].upper()}{detail[1:]}; {advice}." if advice else f"{detail}."
+
+
+def set_condition(
+    conditions: list[dict[str, Any]] | None,
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """Return ``conditions`` with ``type_`` set; ``lastTransitionTime`` moves only when the
+    status flips."""
+    value = "True" if status else "False"
+    result: list[dict[str, Any]] = []
+    previous = None
+    for condition in conditions or []:
+        if condition.get("type") == type_:
+            previous = condition
+        else:
+            result.append(dict(condition))
+    changed = previous is None or previous.get("status") != value
+    condition = {
+        "type": type_,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": isotime(now)
+        if changed
+        else previous.get("lastTransitionTime", isotime(now)),  # type: ignore[union-attr]
+    }
+    if generation is not None:
+        condition["observedGeneration"] = generation
+    result.append(condition)
+    return sorted(
+        result,
+        key=lambda c: (
+            ("Ready", "Throttled").index(c["type"])
+            if c.get("type") in ("Ready", "Throttled")
+            else 2
+        ),
+    )
+
+
+def recent_culls(result: SweepResult, previous: list[Any] | None) -> list[dict[str, Any]]:
+    """This sweep's culls first, then earlier ones, at most :data:`RECENT_CULLS_LIMIT`."""
+    entries = [
+        {
+            "user": c.user,
+            "server": c.server,
+            "reason": c.reason,
+            "idleSeconds": int(c.idle_seconds),
+            "time": isotime(c.time),
+            "dryRun": c.dry_run,
+        }
+        for c in sorted(result.culled, key=lambda c: -c.idle_seconds)
+    ]
+    return (entries + list(previous or []))[:RECENT_CULLS_LIMIT]
+
+
+def throttle_message(result: SweepResult, policy: Policy) -> str:
+    """Say how many culls the safety limits held back and which limits those are."""
+    limits = []
+    if policy.safety.max_culls_per_sweep:
+        limits.append(f"maxCullsPerSweep {policy.safety.max_culls_per_sweep}")
+    if policy.safety.max_cull_percent < 100:
+        limits.append(f"maxCullPercent {policy.safety.max_cull_percent}")
+    return (
+        f"Held back {len(result.held_back)} of {result.over_limit} servers over a limit "
+        f"({', '.join(limits)}); they wait for the next sweep."
+    )
+
+
+def status_after_sweep(
+    previous: Mapping[str, Any] | None,
+    result: SweepResult,
+    policy: Policy,
+    generation: int | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The status after a successful sweep (totals never count dry runs)."""
+    previous = previous or {}
+    culled = 0 if result.dry_run else len(result.culled)
+    users_culled = 0 if result.dry_run else len(result.users_culled)
+    verb = "would cull" if result.dry_run else "culled"
+    ready_message = (
+        f"Swept {result.running} running servers at {isotime(result.now)}: {verb} "
+        f"{len(result.culled)}, {len(result.failed)} failed"
+        + (" (dry run)." if result.dry_run else ".")
+    )
+    conditions = set_condition(
+        previous.get("conditions"), "Ready", True, "SweepSucceeded", ready_message, generation, now
+    )
+    if result.held_back:
+        conditions = set_condition(
+            conditions,
+            "Throttled",
+            True,
+            "SafetyLimit",
+            throttle_message(result, policy),
+            generation,
+            now,
+        )
+    else:
+        conditions = set_condition(
+            conditions,
+            "Throttled",
+            False,
+            "WithinLimits",
+            "No cull was held back by the safety limits.",
+            generation,
+            now,
+        )
+    return {
+        "observedGeneration": generation,
+        "hubVersion": result.hub_version,
+        "lastSweepTime": isotime(result.started),
+        "lastSweepDurationSeconds": round(result.duration, 3),
+        "serversRunning": result.running,
+        "serversIdle": result.over_limit,
+        "culledLastSweep": len(result.culled),
+        "culledTotal": int(previous.get("culledTotal") or 0) + culled,
+        "usersCulledTotal": int(previous.get("usersCulledTotal") or 0) + users_culled,
+        "failedLastSweep": len(result.failed),
+        "recentCulls": recent_culls(result, previous.get("recentCulls")),
+        "conditions": conditions,
+    }
+
+
+def status_after_failure(
+    previous: Mapping[str, Any] | None,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The status when no sweep could run: counts of the last good sweep stay, ``Ready`` is
+    False with ``reason`` (``Suspended`` included)."""
+    status = {k: v for k, v in (previous or {}).items() if k != "conditions"}
+    status["observedGeneration"] = generation
+    status["conditions"] = set_condition(
+        (previous or {}).get("conditions"), "Ready", False, reason, message, generation, now
+    )
+    return status
+
+
+def describe_cull(record: Any) -> str:
+    """``alice/gpu (idle 1h12m)``: the words events and the CLI use for a cull."""
+    why = {
+        "idle": f"idle {format_duration(record.idle_seconds)}",
+        "maxAge": f"maxAge, idle {format_duration(record.idle_seconds)}",
+        "capacity": f"capacity, idle {format_duration(record.idle_seconds)}",
+    }.get(record.reason, record.reason)
+    return f"{record.label} ({why})"

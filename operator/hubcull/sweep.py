@@ -1,0 +1,248 @@
+"""One sweep: list a complete snapshot of the Hub, decide, then act concurrently.
+
+Nothing is stopped or deleted unless the whole listing succeeded: a failed or partial read
+raises before :func:`~hubcull.decisions.decide` runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from .decisions import Plan, ServerDecision, UserDecision, decide
+from .hubclient import HubAPIError, HubClient, HubError, HubForbidden
+from .hubmodel import HubDataError, Snapshot, User, parse_user
+from .policy import Policy
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    """The local clock, in UTC."""
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class CullRecord:
+    """A server the sweep stopped (or removed), would have in a dry run, or failed to."""
+
+    user: str
+    server: str
+    reason: str
+    idle_seconds: float
+    time: datetime
+    dry_run: bool
+    outcome: str
+    removed: bool = False
+    error: str | None = None
+
+    @property
+    def label(self) -> str:
+        """``user/server``, or just ``user`` for a default server."""
+        return f"{self.user}/{self.server}" if self.server else self.user
+
+
+@dataclass(frozen=True)
+class UserCullRecord:
+    """A user the sweep deleted (or would have, or failed to)."""
+
+    user: str
+    idle_seconds: float
+    time: datetime
+    dry_run: bool
+    outcome: str
+    error: str | None = None
+
+
+@dataclass
+class SweepResult:
+    """What one sweep saw and did: the numbers the status and the CLI report."""
+
+    started: datetime
+    duration: float
+    hub_version: str | None
+    now: datetime
+    clock_source: str
+    dry_run: bool
+    running: int
+    over_limit: int
+    skipped_pending: int
+    held_back: list[ServerDecision] = field(default_factory=list)
+    culls: list[CullRecord] = field(default_factory=list)
+    removals: list[CullRecord] = field(default_factory=list)
+    user_culls: list[UserCullRecord] = field(default_factory=list)
+
+    @property
+    def culled(self) -> list[CullRecord]:
+        """Running servers stopped (or stopping), or that would have been in a dry run."""
+        return [c for c in self.culls if c.error is None]
+
+    @property
+    def failed(self) -> list[CullRecord | UserCullRecord]:
+        """Every action that failed."""
+        every: list[CullRecord | UserCullRecord] = [*self.culls, *self.removals, *self.user_culls]
+        return [c for c in every if c.error is not None]
+
+    @property
+    def users_culled(self) -> list[UserCullRecord]:
+        """Users deleted, or that would have been in a dry run."""
+        return [u for u in self.user_culls if u.error is None]
+
+
+async def take_snapshot(policy: Policy, client: HubClient, clock: Clock = utcnow) -> Snapshot:
+    """List every user the policy may act on and read the Hub's clock while doing so.
+
+    Running servers come from ``state=ready``; users without running servers (for user
+    culling and for removing stopped named servers) from ``state=inactive``.
+    """
+    client.start_clock()
+    info = await client.info()
+    include_stopped = policy.servers.remove_named
+    models = await client.list_users("ready", include_stopped_servers=include_stopped)
+    if policy.users.cull or policy.servers.remove_named:
+        models += await client.list_users("inactive", include_stopped_servers=include_stopped)
+    try:
+        users = [parse_user(m) for m in models]
+    except HubDataError as exc:
+        raise HubError(f"the Hub sent a user model hubcull cannot read: {exc}") from None
+    check_visibility(policy, models, users)
+    hub_now = client.hub_now
+    now, source = (hub_now, "hub") if hub_now is not None else (clock(), "local")
+    version = info.get("version")
+    return Snapshot.from_users(users, now, str(version) if version else None, source)
+
+
+def check_visibility(policy: Policy, models: list[dict], users: list[User]) -> None:
+    """Raise :class:`HubForbidden` when the token hides a field the policy depends on.
+
+    Without it a group exclude would silently match nobody and cull protected users.
+    """
+    if not models:
+        return
+    if any("servers" not in m for m in models):
+        raise HubForbidden(
+            "the token cannot read users' servers; grant read:servers", "read:servers"
+        )
+    if policy.needs_groups and any(u.groups is None for u in users):
+        raise HubForbidden(
+            "the policy selects or excludes by group but the token cannot read group "
+            "membership; grant read:users:groups",
+            "read:users:groups",
+        )
+    if (policy.exclude.admins or policy.users.cull) and any(u.admin is None for u in users):
+        raise HubForbidden(
+            "the policy needs to know which users are admins; grant list:users", "list:users"
+        )
+    if policy.users.cull and any(not u.has_activity_field for u in users):
+        raise HubForbidden(
+            "user culling needs users' last activity; grant read:users:activity",
+            "read:users:activity",
+        )
+
+
+async def _stop(client: HubClient, d: ServerDecision, now: datetime) -> CullRecord:
+    try:
+        outcome = await client.stop_server(d.user, d.server, remove=d.remove)
+    except HubAPIError as exc:
+        log.warning("failed to stop %s: %s", d.label, exc)
+        return CullRecord(
+            d.user, d.server, d.reason, d.idle_seconds, now, False, "failed", d.remove, str(exc)
+        )
+    return CullRecord(d.user, d.server, d.reason, d.idle_seconds, now, False, outcome, d.remove)
+
+
+async def _still_deletable(
+    client: HubClient, d: UserDecision, policy: Policy, now: datetime
+) -> str | None:
+    """Re-read the user just before deleting: it may have started a server meanwhile."""
+    model = await client.get_user(d.user)
+    if model is None:
+        return None
+    user = parse_user(model)
+    if user.active_servers:
+        return f"{d.user} has an active server again"
+    last = user.last_activity or user.created
+    if last is not None and (now - last).total_seconds() < policy.idle_timeout:
+        return f"{d.user} was active since the listing"
+    return None
+
+
+async def _delete_user(
+    client: HubClient,
+    d: UserDecision,
+    policy: Policy,
+    now: datetime,
+    stops: dict[tuple[str, str], CullRecord],
+) -> UserCullRecord | None:
+    outcomes = [stops.get((d.user, name)) for name in d.after_stops]
+    if any(o is None or o.outcome not in ("stopped", "gone") for o in outcomes):
+        return None  # a stop failed or is still in progress: the next sweep tries again
+    try:
+        changed = await _still_deletable(client, d, policy, now)
+        if changed:
+            log.info("not deleting user %s: %s", d.user, changed)
+            return None
+        outcome = await client.delete_user(d.user)
+    except (HubAPIError, HubDataError) as exc:
+        log.warning("failed to delete user %s: %s", d.user, exc)
+        return UserCullRecord(d.user, d.idle_seconds, now, False, "failed", str(exc))
+    return UserCullRecord(d.user, d.idle_seconds, now, False, outcome)
+
+
+async def execute(
+    plan: Plan, policy: Policy, client: HubClient, clock: Clock = utcnow
+) -> tuple[list[CullRecord], list[CullRecord], list[UserCullRecord]]:
+    """Carry out a plan: all stops and removals concurrently (the client bounds how many are
+    in flight), then user deletions whose servers stopped. A dry run only records."""
+    now = clock()
+    if plan.dry_run:
+        culls = [
+            CullRecord(d.user, d.server, d.reason, d.idle_seconds, now, True, "dryRun", d.remove)
+            for d in plan.stops
+        ]
+        removals = [
+            CullRecord(d.user, d.server, d.reason, d.idle_seconds, now, True, "dryRun", True)
+            for d in plan.removals
+        ]
+        users = [
+            UserCullRecord(d.user, d.idle_seconds, now, True, "dryRun") for d in plan.user_deletions
+        ]
+        return culls, removals, users
+    records = await asyncio.gather(*(_stop(client, d, now) for d in [*plan.stops, *plan.removals]))
+    culls, removals = list(records[: len(plan.stops)]), list(records[len(plan.stops) :])
+    by_server = {(c.user, c.server): c for c in culls}
+    deleted = await asyncio.gather(
+        *(_delete_user(client, d, policy, plan.now, by_server) for d in plan.user_deletions)
+    )
+    return culls, removals, [u for u in deleted if u is not None]
+
+
+async def run_sweep(policy: Policy, client: HubClient, clock: Clock = utcnow) -> SweepResult:
+    """List, decide and act once. Raises :class:`~hubcull.hubclient.HubAPIError` (and culls
+    nothing) when the Hub cannot be read completely."""
+    started = clock()
+    t0 = time.monotonic()
+    snapshot = await take_snapshot(policy, client, clock)
+    plan = decide(policy, snapshot)
+    culls, removals, user_culls = await execute(plan, policy, client, clock)
+    return SweepResult(
+        started=started,
+        duration=time.monotonic() - t0,
+        hub_version=snapshot.hub_version,
+        now=snapshot.now,
+        clock_source=snapshot.clock_source,
+        dry_run=policy.dry_run,
+        running=plan.running,
+        over_limit=plan.over_limit,
+        skipped_pending=plan.skipped_pending,
+        held_back=plan.held_back,
+        culls=culls,
+        removals=removals,
+        user_culls=user_culls,
+    )
