@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from .durations import DurationError, parse_duration
 
 MIN_EVERY_SECONDS = 10.0
+DEFAULT_EVERY_SECONDS = 600.0
 MAX_CONCURRENCY = 100
 MAX_PAGE_SIZE = 1000
 

@@ -1,0 +1,97 @@
+"""kopf handlers: thin glue from CullPolicy objects to :class:`PolicyController` loops.
+
+One daemon per CullPolicy sweeps on the policy's own ``spec.every`` and wakes early when the
+spec changes (the daemon's body is kopf's live view of the object).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import kopf
+
+from .controller import PolicyController
+from .kubeapi import GROUP, PLURAL, VERSION, KubeAPI
+
+FINALIZER = "hubcull.io/sweeper"
+#: How often a sleeping daemon checks its live body for a spec change.
+SPEC_POLL_SECONDS = 1.0
+#: Pause after an unexpected error before sweeping again.
+ERROR_RETRY_SECONDS = 30.0
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Operator-wide settings; the Kubernetes client and metrics are prepared in ``memo``."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="hubcull.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="hubcull.io", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    if not memo.get("clusterwide", False):
+        settings.scanning.disabled = True
+    memo.setdefault("controllers", {})
+    if "kube" not in memo:
+        memo["kube"] = KubeAPI(lambda: _login(settings))
+
+
+def _login(settings: kopf.OperatorSettings) -> Any:
+    return kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+        settings=settings
+    )
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, id="sweeper", cancellation_timeout=10.0)
+async def sweeper(
+    body: kopf.Body,
+    meta: kopf.Meta,
+    name: str,
+    namespace: str,
+    stopped: kopf.DaemonStopped,
+    memo: kopf.Memo,
+    logger: logging.Logger,
+    **_: Any,
+) -> None:
+    """Sweep the policy every ``spec.every`` until it is deleted or the operator stops."""
+
+    def post(type_: str, reason: str, message: str) -> None:
+        kopf.event(body, type=type_, reason=reason, message=message)
+
+    controller = PolicyController(namespace, name, memo["kube"], memo["metrics"], post)
+    memo["controllers"][(namespace, name)] = controller
+    try:
+        while not stopped:
+            generation = meta.get("generation")
+            try:
+                delay = await controller.sweep(body)
+            except Exception:
+                # A bug or an API-server hiccup must not end this policy's loop.
+                logger.exception("sweep of %s/%s failed unexpectedly", namespace, name)
+                delay = ERROR_RETRY_SECONDS
+            deadline = time.monotonic() + delay
+            while not stopped and time.monotonic() < deadline:
+                await stopped.wait(min(SPEC_POLL_SECONDS, deadline - time.monotonic()))
+                if meta.get("generation") != generation:
+                    logger.info("spec of %s/%s changed: sweeping now", namespace, name)
+                    break
+    finally:
+        memo["controllers"].pop((namespace, name), None)
+        if stopped.is_set(kopf.DaemonStoppingReason.RESOURCE_DELETED):
+            memo["metrics"].forget(namespace, name)
+
+
+@kopf.on.cleanup()
+async def release_policies(memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """On a clean shutdown, drop our finalizer so that deleting policies (or uninstalling
+    hubcull) never leaves them stuck in Terminating; the next operator adds it back."""
+    kube: KubeAPI = memo["kube"]
+    for namespace, name in list(memo.get("controllers", {})):
+        try:
+            await kube.remove_finalizer(namespace, name, FINALIZER)
+        except Exception as exc:
+            logger.warning("could not drop the finalizer of %s/%s: %s", namespace, name, exc)
+    await kube.aclose()

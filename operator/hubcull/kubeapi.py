@@ -1,0 +1,144 @@
+"""The few Kubernetes API calls the operator makes itself: read a Secret, patch a status,
+drop a finalizer. Credentials come from kopf's own login functions (service account first,
+then kubeconfig), re-read when the API server answers 401 so rotated tokens are picked up.
+"""
+
+from __future__ import annotations
+
+import base64
+import ssl
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+GROUP, VERSION, PLURAL = "hubcull.io", "v1alpha1", "cullpolicies"
+
+
+class KubeError(Exception):
+    """An unexpected answer from the Kubernetes API (never carries Secret contents)."""
+
+
+def _pem(data: str | bytes) -> str:
+    raw = data.encode() if isinstance(data, str) else data
+    return raw.decode() if raw.lstrip().startswith(b"-----") else base64.b64decode(raw).decode()
+
+
+def _ssl_context(conn: Any, workdir: Path) -> ssl.SSLContext | bool:
+    if conn.insecure:
+        return False
+    context = ssl.create_default_context()
+    if conn.ca_path:
+        context.load_verify_locations(cafile=str(conn.ca_path))
+    elif conn.ca_data:
+        context.load_verify_locations(cadata=_pem(conn.ca_data))
+    cert, key = conn.certificate_path, conn.private_key_path
+    if conn.certificate_data:
+        cert = workdir / "client.crt"
+        cert.write_text(_pem(conn.certificate_data))
+    if conn.private_key_data:
+        key = workdir / "client.key"
+        key.write_text(_pem(conn.private_key_data))
+    if cert:
+        context.load_cert_chain(str(cert), str(key) if key else None)
+    return context
+
+
+class KubeAPI:
+    """A small async Kubernetes client on httpx; ``connect`` returns a kopf ConnectionInfo."""
+
+    def __init__(self, connect: Callable[[], Any], timeout: float = 30.0) -> None:
+        self._connect = connect
+        self._timeout = timeout
+        self._client: httpx.AsyncClient | None = None
+        self._workdir = Path(tempfile.mkdtemp(prefix="hubcull-kube-"))
+
+    def _new_client(self) -> httpx.AsyncClient:
+        conn = self._connect()
+        if conn is None:
+            raise KubeError("no Kubernetes credentials: no service account and no kubeconfig")
+        headers = dict(conn.as_http_headers()) if hasattr(conn, "as_http_headers") else {}
+        return httpx.AsyncClient(
+            base_url=str(conn.server).rstrip("/"),
+            headers=headers,
+            verify=_ssl_context(conn, self._workdir)
+            if str(conn.server).startswith("https")
+            else True,
+            timeout=httpx.Timeout(self._timeout),
+        )
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        for attempt in range(2):
+            if self._client is None:
+                self._client = self._new_client()
+            response = await self._client.request(method, path, **kwargs)
+            if response.status_code != 401 or attempt:
+                return response
+            await self._client.aclose()
+            self._client = None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
+        """The decoded value of one key of a Secret, or ``None`` if the Secret or key is
+        missing. Raises :class:`KubeError` if the operator may not read it."""
+        path = f"/api/v1/namespaces/{quote(namespace)}/secrets/{quote(name)}"
+        response = await self._request("GET", path)
+        if response.status_code == 404:
+            return None
+        if response.status_code == 403:
+            raise KubeError(f"the operator may not read Secret {namespace}/{name} (403)")
+        if response.status_code >= 400:
+            raise KubeError(f"reading Secret {namespace}/{name} failed ({response.status_code})")
+        data = (response.json().get("data") or {}).get(key)
+        if data is None:
+            return None
+        try:
+            return base64.b64decode(data).decode()
+        except (ValueError, UnicodeDecodeError):
+            raise KubeError(f"Secret {namespace}/{name} key {key} is not valid base64") from None
+
+    def _policy_path(self, namespace: str, name: str) -> str:
+        return f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{PLURAL}/{quote(name)}"
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        """Merge-patch a CullPolicy's status; ``False`` if the policy is gone."""
+        response = await self._request(
+            "PATCH",
+            self._policy_path(namespace, name) + "/status",
+            json={"status": status},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        if response.status_code == 404:
+            return False
+        if response.status_code >= 400:
+            raise KubeError(f"patching status of {namespace}/{name} failed: {response.status_code}")
+        return True
+
+    async def remove_finalizer(self, namespace: str, name: str, finalizer: str) -> None:
+        """Drop ``finalizer`` from a CullPolicy (a JSON patch guarded by a ``test``)."""
+        path = self._policy_path(namespace, name)
+        response = await self._request("GET", path)
+        if response.status_code == 404:
+            return
+        finalizers = (response.json().get("metadata") or {}).get("finalizers") or []
+        if finalizer not in finalizers:
+            return
+        index = finalizers.index(finalizer)
+        await self._request(
+            "PATCH",
+            path,
+            json=[
+                {"op": "test", "path": f"/metadata/finalizers/{index}", "value": finalizer},
+                {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+            ],
+            headers={"Content-Type": "application/json-patch+json"},
+        )
