@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from hubcull.durations import DurationError, format_duration, parse_duration
 from hubcull.policy import PolicyError, parse_spec
@@ -135,6 +138,14 @@ def test_full_spec_is_read_field_by_field() -> None:
         ({"hub": HUB, "selector": {"users": "alice"}}, "selector.users: must be a list of strings"),
         ({"hub": HUB, "users": {"includeAdmins": True}}, "only has a meaning with"),
         ({"hub": HUB, "idleTimout": "1h"}, "spec: unknown field(s) idleTimout"),
+        (
+            {"hub": HUB, "servers": {"named": False, "removeNamed": True}},
+            "needs spec.servers.named",
+        ),
+        ({"hub": HUB, "servers": {"named": False, "default": False}}, "the policy culls nothing"),
+        ({"hub": HUB, "idleTimeout": 0}, "idleTimeout, maxAge and capacity.maxActiveServers"),
+        ({"hub": HUB, "every": "0d9s"}, "spec.every: must be at least 10s"),
+        ({"hub": {**HUB, "requestTimeout": 0}}, "requestTimeout: must be at least 1s"),
         ({"hub": HUB, "selector": {"admins": True}}, "spec.selector: unknown field(s) admins"),
     ],
 )
@@ -148,3 +159,13 @@ def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(PolicyError) as info:
         parse_spec({"hub": HUB, "every": "1s", "concurrency": -3, "maxAge": "x"})
     assert len(info.value.problems) == 3
+
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_every_example_policy_parses_in_the_engine(path: Path) -> None:
+    doc = yaml.safe_load(path.read_text())
+    assert doc["kind"] == "CullPolicy"
+    parse_spec(doc["spec"])

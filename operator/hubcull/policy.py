@@ -241,6 +241,29 @@ def _matcher(reader: _Reader, with_admins: bool) -> Matcher:
     return matcher
 
 
+def _check_cross_field(
+    problems: list[str],
+    servers: ServerScope,
+    users: UserCulling,
+    kwargs: dict[str, Any],
+    capacity: Capacity,
+) -> None:
+    """The CRD's CEL rules, for ``hubcull sweep`` and clusters that skip them."""
+    if users.include_admins and not users.cull:
+        problems.append("spec.users.includeAdmins: only has a meaning with spec.users.cull: true")
+    if servers.remove_named and not servers.named:
+        problems.append("spec.servers.removeNamed: needs spec.servers.named: true")
+    if not (servers.default or servers.named or users.cull):
+        problems.append(
+            "spec: the policy culls nothing: set servers.default, servers.named or users.cull"
+        )
+    if not (kwargs["idle_timeout"] or kwargs["max_age"] or capacity.max_active_servers):
+        problems.append(
+            "spec: the policy culls nothing: idleTimeout, maxAge and "
+            "capacity.maxActiveServers are all 0"
+        )
+
+
 def parse_spec(spec: Mapping[str, Any] | None) -> Policy:
     """Parse a CullPolicy ``spec`` into a :class:`Policy`, applying the contract's defaults.
 
@@ -269,8 +292,6 @@ def parse_spec(spec: Mapping[str, Any] | None) -> Policy:
         cull=users_r.bool("cull", False), include_admins=users_r.bool("includeAdmins", False)
     )
     users_r.finish()
-    if users.include_admins and not users.cull:
-        problems.append("spec.users.includeAdmins: only has a meaning with spec.users.cull: true")
 
     selector = _matcher(top.child("selector"), with_admins=False)
     exclude = _matcher(top.child("exclude"), with_admins=True)
@@ -299,6 +320,7 @@ def parse_spec(spec: Mapping[str, Any] | None) -> Policy:
         suspend=top.bool("suspend", False),
     )
     top.finish()
+    _check_cross_field(problems, servers, users, policy_kwargs, capacity)
     if problems or token is None:
         raise PolicyError(problems or ["spec.hub.tokenSecretRef: is required"])
     return Policy(
