@@ -214,16 +214,16 @@ class HubClient:
         if status < 400:
             return
         message = _error_message(response)
-        if status == 401 or (status == 403 and "credentials" in message.lower()):
-            raise HubUnauthorized(
-                f"the Hub refused the token ({status} {message}) while trying to {what}"
-            )
-        if status == 403:
-            match = _SCOPE_RE.search(message)
-            scope = match.group(1).split(",")[0].strip(" '\"") if match else "unknown"
+        scope_match = _SCOPE_RE.search(message) if status == 403 else None
+        if scope_match:
+            scope = scope_match.group(1).split(",")[0].strip(" '\"")
             raise HubForbidden(
                 f"the token lacks the scope {scope} needed to {what} ({message})", scope
             )
+        if status in (401, 403):
+            # JupyterHub: 403 "Missing or invalid credentials." (or no message at all)
+            detail = message if message and message != "None" else "no reason given"
+            raise HubUnauthorized(f"the Hub refused the token ({status}: {detail})")
         raise HubError(f"the Hub answered {status} while trying to {what}: {message}", status)
 
     def _json(self, response: httpx.Response, what: str) -> Any:
@@ -248,6 +248,16 @@ class HubClient:
                 "spec.hub.url should end in /hub/api"
             )
         return body
+
+    async def token_scopes(self) -> list[str] | None:
+        """The token's expanded scopes (``GET /user``), or ``None`` if the Hub doesn't say."""
+        response = await self._send("GET", "/user")
+        self._raise_for_status(response, "identify the token")
+        body = self._json(response, "identify the token")
+        scopes = body.get("scopes") if isinstance(body, dict) else None
+        if not isinstance(scopes, list):
+            return None
+        return [s for s in scopes if isinstance(s, str)]
 
     async def _page(self, params: dict[str, str], offset: int, limit: int) -> Page:
         what = "list users"

@@ -103,6 +103,7 @@ async def take_snapshot(policy: Policy, client: HubClient, clock: Clock = utcnow
     """
     client.start_clock()
     info = await client.info()
+    check_scopes(policy, await client.token_scopes())
     include_stopped = policy.servers.remove_named
     models = await client.list_users("ready", include_stopped_servers=include_stopped)
     if policy.users.cull or policy.servers.remove_named:
@@ -116,6 +117,31 @@ async def take_snapshot(policy: Policy, client: HubClient, clock: Clock = utcnow
     now, source = (hub_now, "hub") if hub_now is not None else (clock(), "local")
     version = info.get("version")
     return Snapshot.from_users(users, now, str(version) if version else None, source)
+
+
+def required_scopes(policy: Policy) -> list[tuple[str, str]]:
+    """(scope the token must hold, scope to name when it doesn't) for this policy."""
+    needed = [("list:users", "list:users"), ("read:servers", "read:servers")]
+    if not policy.dry_run:
+        needed.append(("delete:servers", "delete:servers"))
+    if policy.needs_groups:
+        needed.append(("read:users:groups", "read:users:groups"))
+    if policy.users.cull:
+        needed.append(("read:users:activity", "read:users:activity"))
+        if not policy.dry_run:
+            needed.append(("delete:users", "admin:users"))
+    return needed
+
+
+def check_scopes(policy: Policy, scopes: list[str] | None) -> None:
+    """Raise :class:`HubForbidden` naming the first scope the policy needs that the token
+    lacks (a filtered scope such as ``delete:servers!group=x`` counts as held)."""
+    if scopes is None:
+        return
+    held = {s.split("!", 1)[0] for s in scopes}
+    for scope, name in required_scopes(policy):
+        if scope not in held:
+            raise HubForbidden(f"the token lacks the scope {name}, which this policy needs", name)
 
 
 def check_visibility(policy: Policy, models: list[dict], users: list[User]) -> None:
@@ -167,6 +193,8 @@ async def _still_deletable(
     user = parse_user(model)
     if user.active_servers:
         return f"{d.user} has an active server again"
+    if d.after_stops:
+        return None  # stopping its servers just moved the user's last_activity: not the user
     last = user.last_activity or user.created
     if last is not None and (now - last).total_seconds() < policy.idle_timeout:
         return f"{d.user} was active since the listing"
