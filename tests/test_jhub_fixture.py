@@ -114,6 +114,8 @@ async def test_backdate_and_report_activity(hub: Hub) -> None:
     bob = await hub.get_user("bob")
     assert bob["servers"]["lab"]["last_activity"] == "2021-06-01T00:00:00Z"
     assert bob["last_activity"] is None
+    await hub.set_times("bob", user_last_activity="2022-01-01T12:00:00+02:00")
+    assert (await hub.get_user("bob"))["last_activity"] == "2022-01-01T10:00:00Z"
 
     # The real activity API only moves forward.
     await hub.post_activity("bob", "lab", t0)

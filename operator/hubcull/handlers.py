@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -35,14 +36,32 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     if not memo.get("clusterwide", False):
         settings.scanning.disabled = True
     memo.setdefault("controllers", {})
+    box = memo.setdefault("login", LoginBox())
     if "kube" not in memo:
-        memo["kube"] = KubeAPI(lambda: _login(settings))
+        memo["kube"] = KubeAPI(lambda: box.info)
 
 
-def _login(settings: kopf.OperatorSettings) -> Any:
-    return kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
-        settings=settings
+@dataclass
+class LoginBox:
+    """kopf's current credentials, shared by every per-object memo (they are shallow copies)."""
+
+    info: kopf.ConnectionInfo | None = None
+
+
+@kopf.on.login()
+def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Log in as kopf would by default, and keep the credentials for our own API calls.
+
+    kopf calls this again when the API server rejects the credentials, so rotated service
+    account tokens reach :class:`KubeAPI` too.
+    """
+    info = (
+        kopf.login_via_client(**kwargs)
+        or kopf.login_with_service_account(**kwargs)
+        or kopf.login_with_kubeconfig(**kwargs)
     )
+    memo.setdefault("login", LoginBox()).info = info
+    return info
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, id="sweeper", cancellation_timeout=10.0)
@@ -80,7 +99,8 @@ async def sweeper(
                     break
     finally:
         memo["controllers"].pop((namespace, name), None)
-        if stopped.is_set(kopf.DaemonStoppingReason.RESOURCE_DELETED):
+        reason = stopped.reason
+        if reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in reason:
             memo["metrics"].forget(namespace, name)
 
 

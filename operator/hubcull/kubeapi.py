@@ -1,15 +1,12 @@
 """The few Kubernetes API calls the operator makes itself: read a Secret, patch a status,
-drop a finalizer. Credentials come from kopf's own login functions (service account first,
-then kubeconfig), re-read when the API server answers 401 so rotated tokens are picked up.
+drop a finalizer. Credentials are kopf's own (a ``kopf.ConnectionInfo`` from its login),
+looked up again after a 401 so that re-logins and rotated tokens are picked up.
 """
 
 from __future__ import annotations
 
 import base64
-import ssl
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -22,31 +19,6 @@ class KubeError(Exception):
     """An unexpected answer from the Kubernetes API (never carries Secret contents)."""
 
 
-def _pem(data: str | bytes) -> str:
-    raw = data.encode() if isinstance(data, str) else data
-    return raw.decode() if raw.lstrip().startswith(b"-----") else base64.b64decode(raw).decode()
-
-
-def _ssl_context(conn: Any, workdir: Path) -> ssl.SSLContext | bool:
-    if conn.insecure:
-        return False
-    context = ssl.create_default_context()
-    if conn.ca_path:
-        context.load_verify_locations(cafile=str(conn.ca_path))
-    elif conn.ca_data:
-        context.load_verify_locations(cadata=_pem(conn.ca_data))
-    cert, key = conn.certificate_path, conn.private_key_path
-    if conn.certificate_data:
-        cert = workdir / "client.crt"
-        cert.write_text(_pem(conn.certificate_data))
-    if conn.private_key_data:
-        key = workdir / "client.key"
-        key.write_text(_pem(conn.private_key_data))
-    if cert:
-        context.load_cert_chain(str(cert), str(key) if key else None)
-    return context
-
-
 class KubeAPI:
     """A small async Kubernetes client on httpx; ``connect`` returns a kopf ConnectionInfo."""
 
@@ -54,19 +26,17 @@ class KubeAPI:
         self._connect = connect
         self._timeout = timeout
         self._client: httpx.AsyncClient | None = None
-        self._workdir = Path(tempfile.mkdtemp(prefix="hubcull-kube-"))
 
     def _new_client(self) -> httpx.AsyncClient:
-        conn = self._connect()
-        if conn is None:
-            raise KubeError("no Kubernetes credentials: no service account and no kubeconfig")
-        headers = dict(conn.as_http_headers()) if hasattr(conn, "as_http_headers") else {}
+        info = self._connect()
+        if info is None:
+            raise KubeError("not logged in to Kubernetes: no service account and no kubeconfig")
         return httpx.AsyncClient(
-            base_url=str(conn.server).rstrip("/"),
-            headers=headers,
-            verify=_ssl_context(conn, self._workdir)
-            if str(conn.server).startswith("https")
-            else True,
+            base_url=str(info.server).rstrip("/"),
+            headers=info.as_http_headers(),
+            verify=info.as_ssl_context(),
+            proxy=info.proxy_url,
+            trust_env=info.trust_env,
             timeout=httpx.Timeout(self._timeout),
         )
 

@@ -37,7 +37,9 @@ def failure_message(reason: str, detail: str) -> str:
     """One sentence: what is wrong, then what to do."""
     advice = ADVICE.get(reason)
     detail = detail.rstrip(". ")
-    return f"{detail[:1].upper()}{detail[1:]}; {advice}." if advice else f"{detail}."
+    if not detail.startswith("spec"):
+        detail = detail[:1].upper() + detail[1:]
+    return f"{detail}; {advice}." if advice else f"{detail}."
 
 
 def set_condition(

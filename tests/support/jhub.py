@@ -70,6 +70,7 @@ __all__ = [
     "launch_hub",
     "process_alive",
     "start_hub",
+    "stop_hub",
 ]
 
 #: Scopes a culler needs: list users, read their and their servers' activity, stop servers.
@@ -661,29 +662,46 @@ class Hub:
         """The user model (``GET /users/{name}``) as the admin sees it."""
         return (await self.request("GET", self._user_path(name))).json()
 
-    async def list_users(
-        self, state: str | None = None, *, token: str | None = None
+    async def paginate(
+        self,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        token: str | None = None,
+        page_size: int = 200,
     ) -> list[dict[str, Any]]:
-        """All user models, following pagination (``state``: active, ready, inactive)."""
-        users: list[dict[str, Any]] = []
+        """All items of a paginated list endpoint (``/users``, ``/groups``, ...).
+
+        Sends ``Accept: application/jupyterhub-pagination+json`` and follows
+        ``_pagination.next`` (pages may be short, even empty, with a next page: the Hub
+        applies ``?state=ready`` after ``limit``).
+        """
+        items: list[dict[str, Any]] = []
         offset = 0
         while True:
-            params: dict[str, Any] = {"offset": offset, "limit": 200}
-            if state:
-                params["state"] = state
             resp = await self.request(
                 "GET",
-                "/users",
-                params=params,
+                path,
+                params={**(params or {}), "offset": offset, "limit": page_size},
                 token=token,
                 headers={"Accept": PAGINATION_MEDIA_TYPE},
             )
             page = resp.json()
-            users.extend(page["items"])
+            items.extend(page["items"])
             nxt = page["_pagination"]["next"]
             if not nxt:
-                return users
+                return items
             offset = nxt["offset"]
+
+    async def list_users(
+        self, state: str | None = None, *, token: str | None = None
+    ) -> list[dict[str, Any]]:
+        """All user models, following pagination (``state``: active, ready, inactive)."""
+        return await self.paginate("/users", {"state": state} if state else None, token=token)
+
+    async def list_groups(self) -> list[dict[str, Any]]:
+        """All group models."""
+        return await self.paginate("/groups")
 
     # ---- servers -----------------------------------------------------------------------
 
@@ -845,7 +863,9 @@ class Hub:
         :data:`UNSET` (leave alone).  Unlike the activity API it can move time backwards.
         Returns the stored values as the API renders them.
         """
-        update: dict[str, Any] = {"user": user, "server": server}
+        update: dict[str, Any] = {"user": user}
+        if last_activity is not UNSET or started is not UNSET:
+            update["server"] = server
         for key, value in (
             ("last_activity", last_activity),
             ("started", started),
@@ -926,8 +946,7 @@ class Hub:
                 await self.delete_user(name)
 
         await asyncio.gather(*(delete_one(u["name"]) for u in users))
-        groups = (await self.request("GET", "/groups")).json()
-        for group in groups:
+        for group in await self.list_groups():
             await self.request(
                 "DELETE", f"/groups/{quote(group['name'], safe='')}", expected=(204,)
             )
@@ -1122,6 +1141,11 @@ async def launch_hub(
         hub.proxy_pid, hub._proxy_starttime = _read_proxy_pid(workdir)
         return hub
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def stop_hub(hub: Hub, timeout: float = 20.0) -> None:
+    """Counterpart of :func:`launch_hub`: same as ``await hub.shutdown(timeout)``."""
+    await hub.shutdown(timeout)
 
 
 @contextlib.asynccontextmanager
