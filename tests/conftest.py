@@ -3,7 +3,7 @@
 # ---------------------------------------------------------------------------------------
 # hub: a real JupyterHub + configurable-http-proxy (tests/support/jhub.py)
 #
-#   hub         function scope, a fresh Hub per test (~1.7 s startup + ~0.1 s shutdown)
+#   hub         function scope, a fresh Hub per test (~1.7 s startup + ~0.5 s shutdown)
 #   shared_hub  one Hub per test module; use it through `clean_hub`, which resets it
 #               (stops all servers, deletes non-admin users, groups and harness tokens)
 #

@@ -105,7 +105,8 @@ def print_outcome(name: str, outcome: SweepOutcome) -> None:
         print(line)
     if outcome.result is None:
         print(f"sweep of {name} did not run: {outcome.reason}: {outcome.message}")
-    print(yaml.safe_dump({"status": outcome.status}, sort_keys=False).rstrip())
+    status = {k: v for k, v in outcome.status.items() if v is not None}
+    print(yaml.safe_dump({"status": status}, sort_keys=False).rstrip())
     sys.stdout.flush()
 
 

@@ -107,6 +107,13 @@ class PolicyController:
                 self.namespace, self.name, skipped=outcome.reason == "Suspended"
             )
             if outcome.reason != "Suspended":
+                log.warning(
+                    "sweep of %s/%s failed: %s: %s",
+                    self.namespace,
+                    self.name,
+                    outcome.reason,
+                    outcome.message,
+                )
                 self._failure_event(outcome)
             return
         self._last_failure = (None, 0.0)

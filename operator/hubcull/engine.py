@@ -110,7 +110,7 @@ async def sweep_policy(
         async with client:
             result = await run_sweep(policy, client, clock)
     except HubAPIError as exc:
-        log.warning("sweep failed: %s", exc)
+        log.debug("sweep failed: %s", exc)
         return failed(previous, exc.reason, str(exc), generation, clock)
     status = status_after_sweep(previous, result, policy, generation, clock())
     return SweepOutcome(status, result=result)

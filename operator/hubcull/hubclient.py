@@ -89,8 +89,8 @@ def _error_message(response: httpx.Response) -> str:
         body = response.json()
     except ValueError:
         return response.text[:200].strip()
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"]
+    if isinstance(body, dict) and "message" in body:
+        return body["message"] if isinstance(body["message"], str) else ""
     return str(body)[:200]
 
 
@@ -222,7 +222,7 @@ class HubClient:
             )
         if status in (401, 403):
             # JupyterHub: 403 "Missing or invalid credentials." (or no message at all)
-            detail = message if message and message != "None" else "no reason given"
+            detail = message or "no reason given"
             raise HubUnauthorized(f"the Hub refused the token ({status}: {detail})")
         raise HubError(f"the Hub answered {status} while trying to {what}: {message}", status)
 

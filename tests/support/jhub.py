@@ -15,11 +15,13 @@ or, without a context manager (benchmarks)::
 
     hub = await launch_hub(workdir, spawner="fake")
     try: ...
-    finally: await hub.shutdown()
+    finally: await stop_hub(hub)  # = await hub.shutdown()
 
-The Hub runs as ``python -m jupyterhub`` from the project's ``.venv`` in ``workdir`` (sqlite
-database, cookie secret, pid files, generated ``jupyterhub_config.py`` and the combined
-Hub/proxy log ``jupyterhub.log`` all live there), listening on free ports of 127.0.0.1.
+The Hub runs as ``python -m jupyterhub`` (by default through an equivalent ``runpy``
+bootstrap that skips one slow import, see ``launch_hub(fast_startup=)``) from the project's
+``.venv``, in ``workdir`` (sqlite database, cookie secret, pid files, the generated
+``jupyterhub_config.py`` and the combined Hub/proxy log ``jupyterhub.log`` all live there),
+listening on free ports of 127.0.0.1.
 ``hub.api_url`` goes through the proxy's public URL, like a real client's would.
 
 Servers are, by default, served by :class:`tests.support.jhub_spawner.FakeSpawner` (no
