@@ -49,7 +49,7 @@ async def hubcull(*args: str, token: str | None = None) -> tuple[int, str, str]:
 
 async def test_sweep_once_prints_each_decision_then_the_status(hub: Hub, tmp_path: Path) -> None:
     await populate(
-        hub, {("idle", ""): 2 * HOUR + 300, ("idle", "gpu"): 3 * HOUR + 300, ("busy", ""): 60}
+        hub, {("idle", ""): 2 * HOUR + 330, ("idle", "gpu"): 3 * HOUR + 330, ("busy", ""): 60}
     )
     token = await hub.token(MINIMAL_SCOPES)
     path = manifest(tmp_path / "p.yaml", hub.api_url, idleTimeout="1h")
