@@ -36,6 +36,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     if not memo.get("clusterwide", False):
         settings.scanning.disabled = True
     memo.setdefault("controllers", {})
+    memo.setdefault("served", set())
     box = memo.setdefault("login", LoginBox())
     if "kube" not in memo:
         memo["kube"] = KubeAPI(lambda: box.info)
@@ -82,6 +83,7 @@ async def sweeper(
 
     controller = PolicyController(namespace, name, memo["kube"], memo["metrics"], post)
     memo["controllers"][(namespace, name)] = controller
+    memo["served"].add((namespace, name))
     try:
         while not stopped:
             generation = meta.get("generation")
@@ -101,6 +103,7 @@ async def sweeper(
         memo["controllers"].pop((namespace, name), None)
         reason = stopped.reason
         if reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in reason:
+            memo["served"].discard((namespace, name))
             memo["metrics"].forget(namespace, name)
 
 
@@ -109,7 +112,7 @@ async def release_policies(memo: kopf.Memo, logger: logging.Logger, **_: Any) ->
     """On a clean shutdown, drop our finalizer so that deleting policies (or uninstalling
     hubcull) never leaves them stuck in Terminating; the next operator adds it back."""
     kube: KubeAPI = memo["kube"]
-    for namespace, name in list(memo.get("controllers", {})):
+    for namespace, name in sorted(memo.get("served", ())):
         try:
             await kube.remove_finalizer(namespace, name, FINALIZER)
         except Exception as exc:

@@ -51,7 +51,7 @@ async def hubcull_operator(
     operator and its memo (``memo["metrics"]``, ``memo["controllers"]``)."""
     for namespace in namespaces:
         await kube.create_namespace(namespace)
-    memo = kopf.Memo(metrics=Metrics(), controllers={})
+    memo = kopf.Memo(metrics=Metrics(), controllers={}, served=set())
     async with run_operator(kube, handlers, namespaces=namespaces, memo=memo, **kwargs) as op:
         yield op, memo
 
