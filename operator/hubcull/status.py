@@ -74,14 +74,8 @@ def set_condition(
     if generation is not None:
         condition["observedGeneration"] = generation
     result.append(condition)
-    return sorted(
-        result,
-        key=lambda c: (
-            ("Ready", "Throttled").index(c["type"])
-            if c.get("type") in ("Ready", "Throttled")
-            else 2
-        ),
-    )
+    order = {"Ready": 0, "Throttled": 1}
+    return sorted(result, key=lambda c: order.get(c.get("type", ""), len(order)))
 
 
 def recent_culls(result: SweepResult, previous: list[Any] | None) -> list[dict[str, Any]]:
