@@ -84,14 +84,20 @@ def quote_name(name: str) -> str:
     return quote(name, safe="")
 
 
-def _error_message(response: httpx.Response) -> str:
+def _error_message(response: httpx.Response, secret: str = "") -> str:
+    """The Hub's error message, with ``secret`` (the token) masked before it is cut short:
+    an upstream that echoes request headers must not put the token into a status."""
+
+    def masked(text: str) -> str:
+        return text.replace(secret, "***") if secret else text
+
     try:
         body = response.json()
     except ValueError:
-        return response.text[:200].strip()
+        return masked(response.text)[:200].strip()
     if isinstance(body, dict) and "message" in body:
-        return body["message"] if isinstance(body["message"], str) else ""
-    return str(body)[:200]
+        return masked(body["message"]) if isinstance(body["message"], str) else ""
+    return masked(str(body))[:200]
 
 
 def make_ssl_context(ca_pem: str | None) -> ssl.SSLContext | bool:
@@ -119,6 +125,7 @@ class HubClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self._token = token
         self.page_size = page_size
         self.retries = retries
         self.backoff = backoff
@@ -173,34 +180,34 @@ class HubClient:
             self._on_response(code)
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        url = f"{self.url}{path}"
         attempts = self.retries + 1 if method == "GET" else 1
         for attempt in range(attempts):
             last = attempt == attempts - 1
-            try:
-                async with self._semaphore:
-                    response = await self._http.request(method, url, **kwargs)
-            except httpx.TimeoutException as exc:
-                self._count("timeout")
-                if last:
-                    raise HubUnreachable(
-                        f"the Hub at {self.url} did not answer in time ({type(exc).__name__})"
-                    ) from None
-            except httpx.TransportError as exc:
-                self._count("error")
-                if last:
-                    raise HubUnreachable(
-                        f"cannot reach the Hub at {self.url}: {type(exc).__name__}: {exc}"
-                    ) from None
-            else:
-                self._count(str(response.status_code))
-                self._note_date(response)
-                if response.status_code not in RETRY_STATUSES or last:
-                    return response
-                await asyncio.sleep(self._retry_delay(attempt, response))
-                continue
-            await asyncio.sleep(self._retry_delay(attempt, None))
+            response, error = await self._attempt(method, path, **kwargs)
+            if response is not None and (response.status_code not in RETRY_STATUSES or last):
+                return response
+            if error is not None and last:
+                raise error
+            await asyncio.sleep(self._retry_delay(attempt, response))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(
+        self, method: str, path: str, **kwargs: Any
+    ) -> tuple[httpx.Response | None, HubUnreachable | None]:
+        try:
+            async with self._semaphore:
+                response = await self._http.request(method, f"{self.url}{path}", **kwargs)
+        except httpx.TransportError as exc:
+            if isinstance(exc, httpx.TimeoutException):
+                self._count("timeout")
+                problem = f"did not answer in time ({type(exc).__name__})"
+            else:
+                self._count("error")
+                problem = f"cannot be reached: {type(exc).__name__}: {exc}"
+            return None, HubUnreachable(f"the Hub at {self.url} {problem}")
+        self._count(str(response.status_code))
+        self._note_date(response)
+        return response, None
 
     def _retry_delay(self, attempt: int, response: httpx.Response | None) -> float:
         if response is not None and response.status_code == 429:
@@ -213,7 +220,7 @@ class HubClient:
         status = response.status_code
         if status < 400:
             return
-        message = _error_message(response)
+        message = _error_message(response, self._token)
         scope_match = _SCOPE_RE.search(message) if status == 403 else None
         if scope_match:
             scope = scope_match.group(1).split(",")[0].strip(" '\"")
@@ -240,12 +247,27 @@ class HubClient:
     async def info(self) -> dict[str, Any]:
         """``GET /`` of the API: the Hub's version. Checks that the URL is the API root."""
         response = await self._send("GET", "/")
-        self._raise_for_status(response, "read the Hub version")
-        body = self._json(response, "read the Hub version")
-        if not isinstance(body, dict) or "version" not in body:
+        status = response.status_code
+        if status in (401, 403) or status >= 500:
+            self._raise_for_status(response, "read the Hub version")
+        what = None
+        if 300 <= status < 400:
+            what = f"it redirects to {response.headers.get('location', 'another page')}"
+        elif status >= 400:
+            what = f"it answers {status}"
+        else:
+            try:
+                body = response.json()
+            except ValueError:
+                kind = response.headers.get("content-type", "no content type").split(";")[0]
+                body, what = None, f"it answers {kind}, not JSON"
+            if what is None and (not isinstance(body, dict) or "version" not in body):
+                what = "no version in its answer"
+        if what is not None:
             raise HubError(
-                f"{self.url} is not a JupyterHub API root (no version in its answer); "
-                "spec.hub.url should end in /hub/api"
+                f"spec.hub.url {self.url} is not the JupyterHub REST API root ({what}): "
+                "it should end in /hub/api, like http://hub:8081/hub/api",
+                status,
             )
         return body
 

@@ -220,8 +220,14 @@ def _hub_url(reader: _Reader) -> str:
     url = reader.str("url", required=True)
     if url is None:
         return ""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    try:
+        parts = urlsplit(url)
+        bad = parts.scheme not in ("http", "https") or not parts.hostname
+        bad = bad or parts.port == 0  # .port raises ValueError for a port out of range
+    except ValueError:  # e.g. "http://[::1/hub/api": an unclosed IPv6 literal
+        bad = True
+    # whitespace or control characters: httpx refuses such a URL with an exception of its own
+    if bad or any(ch.isspace() or not ch.isprintable() for ch in url):
         reader.problems.append(
             f"{reader.path}.url: {url!r} must be an http:// or https:// URL of the Hub API, "
             "like http://hub:8081/hub/api"
