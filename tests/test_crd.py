@@ -281,9 +281,7 @@ def test_no_preserve_unknown_fields_anywhere(crd: dict[str, Any]) -> None:
 def test_spec_fields_are_exactly_the_contract(schema: dict[str, Any]) -> None:
     """Every contract spec field is in the schema with the right type, and nothing else."""
     spec_schema = K.schema_at(schema, "spec")
-    found = {
-        path: node for path, node in K.iter_fields(spec_schema) if "[]" not in path
-    }
+    found = {path: node for path, node in K.iter_fields(spec_schema) if "[]" not in path}
     assert set(found) == set(CONTRACT_SPEC_FIELDS)
     for path, kind in CONTRACT_SPEC_FIELDS.items():
         node = found[path]
@@ -428,7 +426,9 @@ def test_partial_objects_get_the_remaining_defaults() -> None:
     admission = K.admit(patched(spec(servers={"default": False}, safety={"maxCullPercent": 10})))
     assert admission.accepted, admission.explain()
     assert admission.obj["spec"]["servers"] == {
-        "default": False, "named": True, "removeNamed": False,
+        "default": False,
+        "named": True,
+        "removeNamed": False,
     }
     assert admission.obj["spec"]["safety"] == {"maxCullsPerSweep": 0, "maxCullPercent": 10}
 
@@ -466,8 +466,15 @@ def test_every_rule_uses_the_engine_regex(schema: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("0", 0), ("10s", 10), ("1h30m", 5400), ("1.5h", 5400), ("4s4s", 8), ("0.1m", 6),
-     ("300ms", Decimal("0.3"))],
+    [
+        ("0", 0),
+        ("10s", 10),
+        ("1h30m", 5400),
+        ("1.5h", 5400),
+        ("4s4s", 8),
+        ("0.1m", 6),
+        ("300ms", Decimal("0.3")),
+    ],
 )
 def test_go_duration_parser(text: str, seconds: Decimal) -> None:
     """The test's duration() follows Go's time.ParseDuration."""
@@ -483,8 +490,23 @@ def test_go_duration_parser_rejects(text: str) -> None:
 
 @pytest.mark.parametrize(
     "every",
-    [10, 11, 3600, "10s", "10.5s", "5s5s", "1m", "0.2m", "10m", "1h", "1h30m", "1.5h", "1d",
-     "0.5d", "2d"],
+    [
+        10,
+        11,
+        3600,
+        "10s",
+        "10.5s",
+        "5s5s",
+        "1m",
+        "0.2m",
+        "10m",
+        "1h",
+        "1h30m",
+        "1.5h",
+        "1d",
+        "0.5d",
+        "2d",
+    ],
 )
 def test_every_at_least_ten_seconds_accepted(every: Any) -> None:
     """Intervals of 10s and more pass the CEL rule, in every notation."""
@@ -557,29 +579,54 @@ def test_example_default_is_minimal() -> None:
 @pytest.mark.parametrize(
     ("name", "check"),
     [
-        ("gpu-profile.yaml",
-         lambda s: s["selector"]["profiles"] == ["gpu"] and s["idleTimeout"] in ("15m", "20m")),
-        ("researchers-group.yaml",
-         lambda s: "researchers" in s["selector"]["groups"] and s["idleTimeout"] == "8h"),
-        ("named-servers.yaml",
-         lambda s: s["servers"]["removeNamed"] and s["servers"]["named"]
-         and not s["servers"]["default"]),
+        (
+            "gpu-profile.yaml",
+            lambda s: s["selector"]["profiles"] == ["gpu"] and s["idleTimeout"] in ("15m", "20m"),
+        ),
+        (
+            "researchers-group.yaml",
+            lambda s: "researchers" in s["selector"]["groups"] and s["idleTimeout"] == "8h",
+        ),
+        (
+            "named-servers.yaml",
+            lambda s: (
+                s["servers"]["removeNamed"]
+                and s["servers"]["named"]
+                and not s["servers"]["default"]
+            ),
+        ),
         ("cull-users.yaml", lambda s: s["users"]["cull"] and not s["users"]["includeAdmins"]),
         ("max-age.yaml", lambda s: s["maxAge"] == 86400),
-        ("exclude.yaml",
-         lambda s: s["exclude"]["users"] and s["exclude"]["groups"] and s["exclude"]["admins"]),
+        (
+            "exclude.yaml",
+            lambda s: s["exclude"]["users"] and s["exclude"]["groups"] and s["exclude"]["admins"],
+        ),
         ("dry-run.yaml", lambda s: s["dryRun"] is True),
         ("suspend.yaml", lambda s: s["suspend"] is True),
-        ("safety.yaml",
-         lambda s: s["safety"]["maxCullsPerSweep"] > 0 and s["safety"]["maxCullPercent"] < 100),
-        ("capacity.yaml",
-         lambda s: s["capacity"]["maxActiveServers"] > 0 and s["capacity"]["minIdle"] != "10m"),
-        ("https-ca.yaml",
-         lambda s: s["hub"]["url"].startswith("https://") and s["hub"]["caSecretRef"]
-         and s["hub"]["requestTimeout"] != "60s"),
-        ("demo.yaml",
-         lambda s: s["hub"]["url"] == "http://127.0.0.1:8000/hub/api"
-         and s["idleTimeout"] == "10m" and s["hub"]["tokenSecretRef"]["key"]),
+        (
+            "safety.yaml",
+            lambda s: s["safety"]["maxCullsPerSweep"] > 0 and s["safety"]["maxCullPercent"] < 100,
+        ),
+        (
+            "capacity.yaml",
+            lambda s: s["capacity"]["maxActiveServers"] > 0 and s["capacity"]["minIdle"] != "10m",
+        ),
+        (
+            "https-ca.yaml",
+            lambda s: (
+                s["hub"]["url"].startswith("https://")
+                and s["hub"]["caSecretRef"]
+                and s["hub"]["requestTimeout"] != "60s"
+            ),
+        ),
+        (
+            "demo.yaml",
+            lambda s: (
+                s["hub"]["url"] == "http://127.0.0.1:8000/hub/api"
+                and s["idleTimeout"] == "10m"
+                and s["hub"]["tokenSecretRef"]["key"]
+            ),
+        ),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )
@@ -612,107 +659,292 @@ BAD_POLICIES: list[Bad] = [
     # durations
     Bad("every-negative-int", spec(every=-5), "schema", "spec.every", "minimum"),
     Bad("idleTimeout-negative-int", spec(idleTimeout=-1), "schema", "spec.idleTimeout", "minimum"),
-    Bad("idleTimeout-unknown-unit-5w", spec(idleTimeout="5w"), "schema", "spec.idleTimeout",
-        "pattern"),
-    Bad("idleTimeout-space-10-m", spec(idleTimeout="10 m"), "schema", "spec.idleTimeout",
-        "pattern"),
-    Bad("idleTimeout-negative-string", spec(idleTimeout="-10m"), "schema", "spec.idleTimeout",
-        "pattern"),
-    Bad("idleTimeout-uppercase-unit", spec(idleTimeout="10M"), "schema", "spec.idleTimeout",
-        "pattern"),
-    Bad("idleTimeout-go-only-unit-ms", spec(idleTimeout="500ms"), "schema", "spec.idleTimeout",
-        "pattern"),
-    Bad("idleTimeout-empty-string", spec(idleTimeout=""), "schema", "spec.idleTimeout",
-        "pattern"),
-    Bad("idleTimeout-bare-number-string", spec(idleTimeout="3600"), "schema",
-        "spec.idleTimeout", "pattern"),
+    Bad(
+        "idleTimeout-unknown-unit-5w",
+        spec(idleTimeout="5w"),
+        "schema",
+        "spec.idleTimeout",
+        "pattern",
+    ),
+    Bad(
+        "idleTimeout-space-10-m", spec(idleTimeout="10 m"), "schema", "spec.idleTimeout", "pattern"
+    ),
+    Bad(
+        "idleTimeout-negative-string",
+        spec(idleTimeout="-10m"),
+        "schema",
+        "spec.idleTimeout",
+        "pattern",
+    ),
+    Bad(
+        "idleTimeout-uppercase-unit",
+        spec(idleTimeout="10M"),
+        "schema",
+        "spec.idleTimeout",
+        "pattern",
+    ),
+    Bad(
+        "idleTimeout-go-only-unit-ms",
+        spec(idleTimeout="500ms"),
+        "schema",
+        "spec.idleTimeout",
+        "pattern",
+    ),
+    Bad("idleTimeout-empty-string", spec(idleTimeout=""), "schema", "spec.idleTimeout", "pattern"),
+    Bad(
+        "idleTimeout-bare-number-string",
+        spec(idleTimeout="3600"),
+        "schema",
+        "spec.idleTimeout",
+        "pattern",
+    ),
     Bad("idleTimeout-boolean", spec(idleTimeout=True), "schema", "spec.idleTimeout", "anyOf"),
     Bad("maxAge-float-seconds", spec(maxAge=1.5), "schema", "spec.maxAge", "anyOf"),
-    Bad("minIdle-trailing-dot", spec(capacity={"minIdle": "1.h"}), "schema",
-        "spec.capacity.minIdle", "pattern"),
-    Bad("requestTimeout-iso8601", {"spec": {"hub": {"requestTimeout": "PT1M"}}}, "schema",
-        "spec.hub.requestTimeout", "pattern"),
-    Bad("idleTimeout-too-long", spec(idleTimeout="1s" * 40), "schema", "spec.idleTimeout",
-        "maxLength"),
+    Bad(
+        "minIdle-trailing-dot",
+        spec(capacity={"minIdle": "1.h"}),
+        "schema",
+        "spec.capacity.minIdle",
+        "pattern",
+    ),
+    Bad(
+        "requestTimeout-iso8601",
+        {"spec": {"hub": {"requestTimeout": "PT1M"}}},
+        "schema",
+        "spec.hub.requestTimeout",
+        "pattern",
+    ),
+    Bad(
+        "idleTimeout-too-long",
+        spec(idleTimeout="1s" * 40),
+        "schema",
+        "spec.idleTimeout",
+        "maxLength",
+    ),
     # required fields and hub
     Bad("missing-spec", {"spec": DELETE}, "schema", "", "required", "'spec'"),
     Bad("missing-hub", {"spec": {"hub": DELETE}}, "schema", "spec", "required", "'hub'"),
-    Bad("missing-hub-url", {"spec": {"hub": {"url": DELETE}}}, "schema", "spec.hub",
-        "required", "'url'"),
-    Bad("url-without-scheme", {"spec": {"hub": {"url": "hub:8081/hub/api"}}}, "schema",
-        "spec.hub.url", "pattern"),
-    Bad("url-ftp-scheme", {"spec": {"hub": {"url": "ftp://hub/hub/api"}}}, "schema",
-        "spec.hub.url", "pattern"),
-    Bad("url-without-host", {"spec": {"hub": {"url": "https://"}}}, "schema", "spec.hub.url",
-        "pattern"),
-    Bad("url-with-space", {"spec": {"hub": {"url": "http://hub /hub/api"}}}, "schema",
-        "spec.hub.url", "pattern"),
-    Bad("missing-tokenSecretRef", {"spec": {"hub": {"tokenSecretRef": DELETE}}}, "schema",
-        "spec.hub", "required", "'tokenSecretRef'"),
-    Bad("missing-tokenSecretRef-key", {"spec": {"hub": {"tokenSecretRef": {"key": DELETE}}}},
-        "schema", "spec.hub.tokenSecretRef", "required", "'key'"),
-    Bad("empty-tokenSecretRef-name", {"spec": {"hub": {"tokenSecretRef": {"name": ""}}}},
-        "schema", "spec.hub.tokenSecretRef.name", "minLength"),
-    Bad("tokenSecretRef-name-not-dns", {"spec": {"hub": {"tokenSecretRef": {"name": "Hub_1"}}}},
-        "schema", "spec.hub.tokenSecretRef.name", "pattern"),
-    Bad("tokenSecretRef-key-with-slash", {"spec": {"hub": {"tokenSecretRef": {"key": "a/b"}}}},
-        "schema", "spec.hub.tokenSecretRef.key", "pattern"),
-    Bad("caSecretRef-without-key",
+    Bad(
+        "missing-hub-url",
+        {"spec": {"hub": {"url": DELETE}}},
+        "schema",
+        "spec.hub",
+        "required",
+        "'url'",
+    ),
+    Bad(
+        "url-without-scheme",
+        {"spec": {"hub": {"url": "hub:8081/hub/api"}}},
+        "schema",
+        "spec.hub.url",
+        "pattern",
+    ),
+    Bad(
+        "url-ftp-scheme",
+        {"spec": {"hub": {"url": "ftp://hub/hub/api"}}},
+        "schema",
+        "spec.hub.url",
+        "pattern",
+    ),
+    Bad(
+        "url-without-host",
+        {"spec": {"hub": {"url": "https://"}}},
+        "schema",
+        "spec.hub.url",
+        "pattern",
+    ),
+    Bad(
+        "url-with-space",
+        {"spec": {"hub": {"url": "http://hub /hub/api"}}},
+        "schema",
+        "spec.hub.url",
+        "pattern",
+    ),
+    Bad(
+        "missing-tokenSecretRef",
+        {"spec": {"hub": {"tokenSecretRef": DELETE}}},
+        "schema",
+        "spec.hub",
+        "required",
+        "'tokenSecretRef'",
+    ),
+    Bad(
+        "missing-tokenSecretRef-key",
+        {"spec": {"hub": {"tokenSecretRef": {"key": DELETE}}}},
+        "schema",
+        "spec.hub.tokenSecretRef",
+        "required",
+        "'key'",
+    ),
+    Bad(
+        "empty-tokenSecretRef-name",
+        {"spec": {"hub": {"tokenSecretRef": {"name": ""}}}},
+        "schema",
+        "spec.hub.tokenSecretRef.name",
+        "minLength",
+    ),
+    Bad(
+        "tokenSecretRef-name-not-dns",
+        {"spec": {"hub": {"tokenSecretRef": {"name": "Hub_1"}}}},
+        "schema",
+        "spec.hub.tokenSecretRef.name",
+        "pattern",
+    ),
+    Bad(
+        "tokenSecretRef-key-with-slash",
+        {"spec": {"hub": {"tokenSecretRef": {"key": "a/b"}}}},
+        "schema",
+        "spec.hub.tokenSecretRef.key",
+        "pattern",
+    ),
+    Bad(
+        "caSecretRef-without-key",
         {"spec": {"hub": {"url": "https://hub/hub/api", "caSecretRef": {"name": "ca"}}}},
-        "schema", "spec.hub.caSecretRef", "required", "'key'"),
+        "schema",
+        "spec.hub.caSecretRef",
+        "required",
+        "'key'",
+    ),
     # numbers
-    Bad("maxCullPercent-101", spec(safety={"maxCullPercent": 101}), "schema",
-        "spec.safety.maxCullPercent", "maximum"),
-    Bad("maxCullPercent-negative", spec(safety={"maxCullPercent": -1}), "schema",
-        "spec.safety.maxCullPercent", "minimum"),
-    Bad("maxCullsPerSweep-negative", spec(safety={"maxCullsPerSweep": -1}), "schema",
-        "spec.safety.maxCullsPerSweep", "minimum"),
+    Bad(
+        "maxCullPercent-101",
+        spec(safety={"maxCullPercent": 101}),
+        "schema",
+        "spec.safety.maxCullPercent",
+        "maximum",
+    ),
+    Bad(
+        "maxCullPercent-negative",
+        spec(safety={"maxCullPercent": -1}),
+        "schema",
+        "spec.safety.maxCullPercent",
+        "minimum",
+    ),
+    Bad(
+        "maxCullsPerSweep-negative",
+        spec(safety={"maxCullsPerSweep": -1}),
+        "schema",
+        "spec.safety.maxCullsPerSweep",
+        "minimum",
+    ),
     Bad("concurrency-0", spec(concurrency=0), "schema", "spec.concurrency", "minimum"),
     Bad("concurrency-101", spec(concurrency=101), "schema", "spec.concurrency", "maximum"),
     Bad("pageSize-0", spec(pageSize=0), "schema", "spec.pageSize", "minimum"),
     Bad("pageSize-1001", spec(pageSize=1001), "schema", "spec.pageSize", "maximum"),
     Bad("pageSize-string", spec(pageSize="200"), "schema", "spec.pageSize", "type"),
-    Bad("maxActiveServers-negative", spec(capacity={"maxActiveServers": -1}), "schema",
-        "spec.capacity.maxActiveServers", "minimum"),
+    Bad(
+        "maxActiveServers-negative",
+        spec(capacity={"maxActiveServers": -1}),
+        "schema",
+        "spec.capacity.maxActiveServers",
+        "minimum",
+    ),
     # wrong types
-    Bad("servers-default-yes", spec(servers={"default": "yes"}), "schema",
-        "spec.servers.default", "type"),
+    Bad(
+        "servers-default-yes",
+        spec(servers={"default": "yes"}),
+        "schema",
+        "spec.servers.default",
+        "type",
+    ),
     Bad("dryRun-string", spec(dryRun="true"), "schema", "spec.dryRun", "type"),
-    Bad("selector-users-not-a-list", spec(selector={"users": "alice"}), "schema",
-        "spec.selector.users", "type"),
-    Bad("selector-groups-ints", spec(selector={"groups": [1]}), "schema",
-        "spec.selector.groups[0]", "type"),
-    Bad("selector-users-duplicate", spec(selector={"users": ["alice", "alice"]}), "schema",
-        "spec.selector.users", "uniqueItems"),
-    Bad("exclude-users-empty-pattern", spec(exclude={"users": [""]}), "schema",
-        "spec.exclude.users[0]", "minLength"),
-    Bad("exclude-admins-string", spec(exclude={"admins": "true"}), "schema",
-        "spec.exclude.admins", "type"),
-    Bad("hub-not-an-object", {"spec": {"hub": "http://hub:8081/hub/api"}}, "schema",
-        "spec.hub", "type"),
+    Bad(
+        "selector-users-not-a-list",
+        spec(selector={"users": "alice"}),
+        "schema",
+        "spec.selector.users",
+        "type",
+    ),
+    Bad(
+        "selector-groups-ints",
+        spec(selector={"groups": [1]}),
+        "schema",
+        "spec.selector.groups[0]",
+        "type",
+    ),
+    Bad(
+        "selector-users-duplicate",
+        spec(selector={"users": ["alice", "alice"]}),
+        "schema",
+        "spec.selector.users",
+        "uniqueItems",
+    ),
+    Bad(
+        "exclude-users-empty-pattern",
+        spec(exclude={"users": [""]}),
+        "schema",
+        "spec.exclude.users[0]",
+        "minLength",
+    ),
+    Bad(
+        "exclude-admins-string",
+        spec(exclude={"admins": "true"}),
+        "schema",
+        "spec.exclude.admins",
+        "type",
+    ),
+    Bad(
+        "hub-not-an-object",
+        {"spec": {"hub": "http://hub:8081/hub/api"}},
+        "schema",
+        "spec.hub",
+        "type",
+    ),
     # unknown fields (strict field validation; by default the API server prunes them instead)
-    Bad("unknown-field-typo", spec(idleTimeOut="2h"), "schema", "spec", "additionalProperties",
-        "'idleTimeOut'"),
-    Bad("unknown-field-in-hub", {"spec": {"hub": {"token": "secret"}}}, "schema", "spec.hub",
-        "additionalProperties", "'token'"),
-    Bad("unknown-field-at-root", {"specs": {}}, "schema", "", "additionalProperties",
-        "'specs'"),
+    Bad(
+        "unknown-field-typo",
+        spec(idleTimeOut="2h"),
+        "schema",
+        "spec",
+        "additionalProperties",
+        "'idleTimeOut'",
+    ),
+    Bad(
+        "unknown-field-in-hub",
+        {"spec": {"hub": {"token": "secret"}}},
+        "schema",
+        "spec.hub",
+        "additionalProperties",
+        "'token'",
+    ),
+    Bad("unknown-field-at-root", {"specs": {}}, "schema", "", "additionalProperties", "'specs'"),
     # CEL
-    Bad("includeAdmins-without-cull", spec(users={"includeAdmins": True}), "cel", "spec.users",
-        CEL_MESSAGES["include_admins"]),
+    Bad(
+        "includeAdmins-without-cull",
+        spec(users={"includeAdmins": True}),
+        "cel",
+        "spec.users",
+        CEL_MESSAGES["include_admins"],
+    ),
     Bad("every-5s", spec(every="5s"), "cel", "spec.every", CEL_MESSAGES["every"]),
     Bad("every-5-int", spec(every=5), "cel", "spec.every", CEL_MESSAGES["every"]),
     Bad("every-zero", spec(every=0), "cel", "spec.every", CEL_MESSAGES["every"]),
     Bad("every-0.1m", spec(every="0.1m"), "cel", "spec.every", CEL_MESSAGES["every"]),
     Bad("every-0d", spec(every="0d"), "cel", "spec.every", CEL_MESSAGES["every"]),
-    Bad("removeNamed-without-named", spec(servers={"named": False, "removeNamed": True}), "cel",
-        "spec.servers", CEL_MESSAGES["remove_named"]),
-    Bad("culls-nothing-all-kinds-off", spec(servers={"default": False, "named": False}), "cel",
-        "spec", CEL_MESSAGES["nothing"]),
-    Bad("culls-nothing-all-gates-zero", spec(idleTimeout=0), "cel", "spec",
-        CEL_MESSAGES["no_gate"]),
-    Bad("culls-nothing-zero-strings", spec(idleTimeout="0s", maxAge="0h0m"), "cel", "spec",
-        CEL_MESSAGES["no_gate"]),
+    Bad(
+        "removeNamed-without-named",
+        spec(servers={"named": False, "removeNamed": True}),
+        "cel",
+        "spec.servers",
+        CEL_MESSAGES["remove_named"],
+    ),
+    Bad(
+        "culls-nothing-all-kinds-off",
+        spec(servers={"default": False, "named": False}),
+        "cel",
+        "spec",
+        CEL_MESSAGES["nothing"],
+    ),
+    Bad(
+        "culls-nothing-all-gates-zero", spec(idleTimeout=0), "cel", "spec", CEL_MESSAGES["no_gate"]
+    ),
+    Bad(
+        "culls-nothing-zero-strings",
+        spec(idleTimeout="0s", maxAge="0h0m"),
+        "cel",
+        "spec",
+        CEL_MESSAGES["no_gate"],
+    ),
 ]
 
 
@@ -729,7 +961,8 @@ def test_bad_policy_is_rejected_by_the_expected_rule(bad: Bad) -> None:
     assert not admission.accepted, f"{bad.id} was accepted"
     if bad.by == "schema":
         hits = [
-            e for e in admission.schema_errors
+            e
+            for e in admission.schema_errors
             if e.path == bad.path and e.keyword == bad.what and bad.detail in e.message
         ]
         assert hits, f"expected {bad.what} at {bad.path or '<root>'}, got:\n{admission.explain()}"
@@ -764,14 +997,29 @@ def test_unknown_fields_are_pruned_without_strict_validation() -> None:
         spec(maxAge="1.5h", idleTimeout=7200, every=10),
         {"spec": {"hub": {"url": "http://[::1]:8081/hub/api/"}}},
         {"spec": {"hub": {"url": "https://hub.example.org", "requestTimeout": 0}}},
-        {"spec": {"hub": {"url": "https://hub/hub/api",
-                          "caSecretRef": {"name": "hub-ca", "key": "ca.crt"}}}},
+        {
+            "spec": {
+                "hub": {
+                    "url": "https://hub/hub/api",
+                    "caSecretRef": {"name": "hub-ca", "key": "ca.crt"},
+                }
+            }
+        },
         {"spec": {"hub": {"caSecretRef": {"name": "hub-ca", "key": "ca.crt"}}}},
     ],
     ids=[
-        "idle-off-maxAge-on", "idle-off-capacity-on", "users-only", "named-only-remove",
-        "include-admins-with-cull", "default-server-and-no-profile", "lower-bounds",
-        "upper-bounds", "mixed-notations", "ipv6-url", "https-no-timeout", "https-ca",
+        "idle-off-maxAge-on",
+        "idle-off-capacity-on",
+        "users-only",
+        "named-only-remove",
+        "include-admins-with-cull",
+        "default-server-and-no-profile",
+        "lower-bounds",
+        "upper-bounds",
+        "mixed-notations",
+        "ipv6-url",
+        "https-no-timeout",
+        "https-ca",
         "http-with-ca-as-in-the-contract",
     ],
 )
@@ -787,8 +1035,10 @@ def test_good_edge_cases_are_accepted(patch: dict[str, Any]) -> None:
 def test_printer_columns_exactly_per_contract(crd: dict[str, Any]) -> None:
     """NAME plus these columns, in this order; only HUB is wide-only (priority 1)."""
     columns = [
-        {key: column.get(key, 0 if key == "priority" else None)
-         for key in ("name", "type", "jsonPath", "priority")}
+        {
+            key: column.get(key, 0 if key == "priority" else None)
+            for key in ("name", "type", "jsonPath", "priority")
+        }
         for column in K.crd_version(crd)["additionalPrinterColumns"]
     ]
     assert columns == EXPECTED_COLUMNS
@@ -826,14 +1076,32 @@ def full_status() -> dict[str, Any]:
         "usersCulledTotal": 3,
         "failedLastSweep": 0,
         "recentCulls": [
-            {"user": "alice", "server": "", "reason": "idle", "idleSeconds": 4212,
-             "time": "2026-11-22T10:00:00Z", "dryRun": False},
+            {
+                "user": "alice",
+                "server": "",
+                "reason": "idle",
+                "idleSeconds": 4212,
+                "time": "2026-11-22T10:00:00Z",
+                "dryRun": False,
+            },
         ],
         "conditions": [
-            {"type": "Ready", "status": "True", "reason": "SweepSucceeded", "message": "",
-             "lastTransitionTime": "2026-11-22T10:00:00Z", "observedGeneration": 2},
-            {"type": "Throttled", "status": "False", "reason": "WithinLimits", "message": "",
-             "lastTransitionTime": "2026-11-22T10:00:00Z", "observedGeneration": 2},
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "SweepSucceeded",
+                "message": "",
+                "lastTransitionTime": "2026-11-22T10:00:00Z",
+                "observedGeneration": 2,
+            },
+            {
+                "type": "Throttled",
+                "status": "False",
+                "reason": "WithinLimits",
+                "message": "",
+                "lastTransitionTime": "2026-11-22T10:00:00Z",
+                "observedGeneration": 2,
+            },
         ],
     }
 
@@ -946,13 +1214,17 @@ def test_rbac_bindings_bind_the_service_account() -> None:
         (binding,) = [o for o in objects if o["kind"] == binding_kind]
         (role,) = [o for o in objects if o["kind"] == role_kind]
         assert binding["roleRef"] == {
-            "apiGroup": "rbac.authorization.k8s.io", "kind": role_kind,
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": role_kind,
             "name": role["metadata"]["name"],
         }
-        assert binding["subjects"] == [{
-            "kind": "ServiceAccount", "name": "hubcull",
-            "namespace": account["metadata"]["namespace"],
-        }]
+        assert binding["subjects"] == [
+            {
+                "kind": "ServiceAccount",
+                "name": "hubcull",
+                "namespace": account["metadata"]["namespace"],
+            }
+        ]
         if role_kind == "Role":
             assert role["metadata"]["namespace"] == binding["metadata"]["namespace"]
 

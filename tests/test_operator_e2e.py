@@ -10,6 +10,7 @@ import re
 
 import httpx
 import pytest
+import trustme
 
 from tests.support.jhub import FULL_SCOPES, MINIMAL_SCOPES, Hub
 from tests.support.kube import Kube
@@ -23,6 +24,7 @@ from tests.support.operator_env import (
     secret,
 )
 from tests.support.scenario import ago, populate
+from tests.support.tls import tls_terminator
 
 pytestmark = [pytest.mark.k8s, pytest.mark.hub]
 
@@ -256,3 +258,24 @@ async def test_user_culling_and_metrics_endpoint(
     assert f'hubcull_hub_requests_total{{code="200",{labels}}}' in text or (
         f'hubcull_hub_requests_total{{{labels},code="200"}}' in text
     )
+
+
+async def test_https_hub_with_the_ca_from_a_secret(kube: Kube, hub: Hub) -> None:
+    await populate(hub, {("idle", ""): 2 * HOUR})
+    ca = trustme.CA()
+    async with (
+        tls_terminator(hub.api_url, ca.issue_cert("127.0.0.1")) as port,
+        hubcull_operator(kube),
+    ):
+        await kube.create(secret(await hub.token(MINIMAL_SCOPES)))
+        https = f"https://127.0.0.1:{port}/hub/api"
+        await kube.create(
+            cullpolicy(https, every="10s", hub={"caSecretRef": {"name": "hub-ca", "key": "ca.crt"}})
+        )
+        status = await wait_status(
+            kube, lambda s: condition(s, "Ready").get("reason") == "TokenSecretMissing"
+        )
+        assert "CA Secret hub-ca" in condition(status, "Ready")["message"]
+        await kube.create(secret(ca.cert_pem.bytes().decode(), name="hub-ca", key="ca.crt"))
+        await wait_status(kube, lambda s: s.get("culledTotal") == 1)
+    assert await hub.running_servers() == set()

@@ -54,25 +54,69 @@ INT_OR_STRING_ANY_OF = [{"type": "integer"}, {"type": "string"}]
 #: Schema keys that Kubernetes JSONSchemaProps knows (apiextensions.k8s.io/v1).
 KNOWN_SCHEMA_KEYS = frozenset(
     {
-        "$ref", "$schema", "additionalItems", "additionalProperties", "allOf", "anyOf",
-        "default", "definitions", "dependencies", "description", "enum", "example",
-        "exclusiveMaximum", "exclusiveMinimum", "externalDocs", "format", "id", "items",
-        "maxItems", "maxLength", "maxProperties", "maximum", "minItems", "minLength",
-        "minProperties", "minimum", "multipleOf", "not", "nullable", "oneOf", "pattern",
-        "patternProperties", "properties", "required", "title", "type", "uniqueItems",
-        "x-kubernetes-embedded-resource", "x-kubernetes-int-or-string",
-        "x-kubernetes-list-map-keys", "x-kubernetes-list-type", "x-kubernetes-map-type",
-        "x-kubernetes-preserve-unknown-fields", "x-kubernetes-validations",
+        "$ref",
+        "$schema",
+        "additionalItems",
+        "additionalProperties",
+        "allOf",
+        "anyOf",
+        "default",
+        "definitions",
+        "dependencies",
+        "description",
+        "enum",
+        "example",
+        "exclusiveMaximum",
+        "exclusiveMinimum",
+        "externalDocs",
+        "format",
+        "id",
+        "items",
+        "maxItems",
+        "maxLength",
+        "maxProperties",
+        "maximum",
+        "minItems",
+        "minLength",
+        "minProperties",
+        "minimum",
+        "multipleOf",
+        "not",
+        "nullable",
+        "oneOf",
+        "pattern",
+        "patternProperties",
+        "properties",
+        "required",
+        "title",
+        "type",
+        "uniqueItems",
+        "x-kubernetes-embedded-resource",
+        "x-kubernetes-int-or-string",
+        "x-kubernetes-list-map-keys",
+        "x-kubernetes-list-type",
+        "x-kubernetes-map-type",
+        "x-kubernetes-preserve-unknown-fields",
+        "x-kubernetes-validations",
     }
 )
 
 #: Keys that must not appear inside anyOf/allOf/oneOf/not for a schema to be structural.
 FORBIDDEN_IN_QUANTIFIERS = frozenset(
     {
-        "type", "default", "title", "description", "nullable", "additionalProperties",
-        "x-kubernetes-preserve-unknown-fields", "x-kubernetes-embedded-resource",
-        "x-kubernetes-int-or-string", "x-kubernetes-list-map-keys", "x-kubernetes-list-type",
-        "x-kubernetes-map-type", "x-kubernetes-validations",
+        "type",
+        "default",
+        "title",
+        "description",
+        "nullable",
+        "additionalProperties",
+        "x-kubernetes-preserve-unknown-fields",
+        "x-kubernetes-embedded-resource",
+        "x-kubernetes-int-or-string",
+        "x-kubernetes-list-map-keys",
+        "x-kubernetes-list-type",
+        "x-kubernetes-map-type",
+        "x-kubernetes-validations",
     }
 )
 
@@ -205,8 +249,10 @@ def _check_node(node: dict[str, Any], where: str, level: str, problems: list[str
         problems.append(f"{where}: properties and additionalProperties are mutually exclusive")
     if node.get("type") == "array" and "items" not in node:
         problems.append(f"{where}: arrays need items")
-    if node.get("type") == "object" and level != "root" and not (
-        "properties" in node or "additionalProperties" in node or where == "metadata"
+    if (
+        node.get("type") == "object"
+        and level != "root"
+        and not ("properties" in node or "additionalProperties" in node or where == "metadata")
     ):
         problems.append(f"{where}: object without properties would prune everything")
     if "pattern" in node:
@@ -286,7 +332,12 @@ def to_jsonschema(node: dict[str, Any], *, strict: bool = True) -> dict[str, Any
         elif key == "not":
             out[key] = to_jsonschema(value, strict=strict)
         elif key.startswith("x-kubernetes-") or key in (
-            "nullable", "default", "description", "example", "externalDocs", "title",
+            "nullable",
+            "default",
+            "description",
+            "example",
+            "externalDocs",
+            "title",
         ):
             continue
         else:
@@ -334,9 +385,7 @@ def drop_nulls(value: Any, node: dict[str, Any]) -> Any:
     return value
 
 
-def prune_unknown_fields(
-    value: Any, node: dict[str, Any], path: str = ""
-) -> tuple[Any, list[str]]:
+def prune_unknown_fields(value: Any, node: dict[str, Any], path: str = "") -> tuple[Any, list[str]]:
     """Return ``(value without the fields the schema does not know, their dotted paths)``."""
     pruned: list[str] = []
     if isinstance(value, dict) and "properties" in node:
@@ -503,8 +552,12 @@ def evaluate_rules(value: Any, node: dict[str, Any], path: str = "") -> list[Rul
     (for a rule on array items: once per item).
     """
     results = [
-        RuleResult(path, rule["rule"], rule.get("message", f"failed rule: {rule['rule']}"),
-                   *run_rule(rule["rule"], value))
+        RuleResult(
+            path,
+            rule["rule"],
+            rule.get("message", f"failed rule: {rule['rule']}"),
+            *run_rule(rule["rule"], value),
+        )
         for rule in node.get("x-kubernetes-validations", [])
     ]
     if isinstance(value, dict):

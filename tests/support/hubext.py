@@ -37,6 +37,7 @@ from jupyterhub import orm
 from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.scopes import Scope
 from jupyterhub.utils import isoformat
+from sqlalchemy.orm import selectinload
 from tornado import web
 
 __all__ = ["REQUIRED_SCOPES", "ReleaseDelaysHandler", "TimesHandler", "handlers"]
@@ -85,18 +86,34 @@ class TimesHandler(_AdminOnly):
             raise web.HTTPError(400, "Body must be an update object, a list, or {updates: []}")
         return body
 
+    def _load_users(self, names: set[str]) -> dict[str, orm.User]:
+        """The named users with their spawners, in a few queries (not one per update)."""
+        found: dict[str, orm.User] = {}
+        ordered = sorted(names)
+        for i in range(0, len(ordered), 500):
+            query = (
+                self.db.query(orm.User)
+                .filter(orm.User.name.in_(ordered[i : i + 500]))
+                .options(selectinload(orm.User._orm_spawners))
+            )
+            found.update((u.name, u) for u in query)
+        return found
+
     def post(self) -> None:
         """Validate every update, apply them all, commit once, echo the stored values."""
         self._require_admin()
-        planned: list[tuple[orm.User, orm.Spawner | None, dict[str, datetime | None]]] = []
-        for update in self._updates_from_body():
+        updates = self._updates_from_body()
+        for update in updates:
             unknown = set(update) - _ALL_KEYS
             if unknown:
                 raise web.HTTPError(400, f"Unknown keys {sorted(unknown)} in {update!r}")
-            name = update.get("user")
-            if not isinstance(name, str):
+            if not isinstance(update.get("user"), str):
                 raise web.HTTPError(400, f"user must be a string in {update!r}")
-            orm_user = orm.User.find(self.db, name)
+        users = self._load_users({u["user"] for u in updates})
+        planned: list[tuple[orm.User, orm.Spawner | None, dict[str, datetime | None]]] = []
+        for update in updates:
+            name = update["user"]
+            orm_user = users.get(name)
             if orm_user is None:
                 raise web.HTTPError(404, f"No such user: {name!r}")
             times = {k: _parse_time(k, update[k]) for k in _TIME_KEYS if k in update}
