@@ -1170,7 +1170,7 @@ def rules_of(kind: str) -> set[tuple[str, str, tuple[str, ...]]]:
 
 NAMESPACED_RULES = {
     ("hubcull.io", "cullpolicies", ("get", "list", "patch", "watch")),
-    ("hubcull.io", "cullpolicies/status", ("get", "patch")),
+    ("hubcull.io", "cullpolicies/status", ("patch",)),
     ("", "events", ("create",)),
     ("", "secrets", ("get",)),
 }

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .durations import format_duration
@@ -57,6 +58,23 @@ class PolicyController:
             outcome = await self._sweep(policy, generation)
         await self._finish(outcome, policy)
         return policy.every
+
+    def resume_delay(self, body: Mapping[str, Any]) -> float:
+        """Seconds until the next sweep is due by ``status.lastSweepTime``, for a loop that
+        (re)starts after a failover or restart; 0 if the spec changed since that sweep (an
+        edit takes effect at once) or there was none. ``lastSweepTime`` has whole seconds:
+        one second is added so that the interval is never cut short."""
+        status = body.get("status") or {}
+        generation = (body.get("metadata") or {}).get("generation")
+        try:
+            every = parse_spec(body.get("spec")).every
+            last = datetime.strptime(status["lastSweepTime"], "%Y-%m-%dT%H:%M:%SZ")
+        except (PolicyError, KeyError, TypeError, ValueError):
+            return 0.0
+        if status.get("observedGeneration") != generation:
+            return 0.0
+        due = last.replace(tzinfo=timezone.utc) + timedelta(seconds=every + 1)
+        return min(max((due - self.clock()).total_seconds(), 0.0), every + 1)
 
     async def _sweep(self, policy: Policy, generation: int | None) -> SweepOutcome:
         ref = policy.hub.token_secret

@@ -7,6 +7,7 @@ spec changes (the daemon's body is kopf's live view of the object).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,12 @@ FINALIZER = "hubcull.io/sweeper"
 SPEC_POLL_SECONDS = 1.0
 #: Pause after an unexpected error before sweeping again.
 ERROR_RETRY_SECONDS = 30.0
+#: With peering, a new sweep loop waits this long before its first sweep, so that operators
+#: starting together see each other (kopf pauses the lower priority) before either sweeps.
+PEERING_SETTLE_SECONDS = 5.0
+#: kopf's peering lifetime in seconds (kopf's default: 60): how long after its last keep-alive
+#: a peer that died without a goodbye (SIGKILL, lost node) still holds off the standbys.
+PEERING_LIFETIME_ENV = "HUBCULL_PEERING_LIFETIME"
 
 
 @kopf.on.startup()
@@ -35,6 +42,15 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.server_timeout = 300
     if not memo.get("clusterwide", False):
         settings.scanning.disabled = True
+    lifetime = os.environ.get(PEERING_LIFETIME_ENV, "").strip()
+    if lifetime:
+        try:
+            settings.peering.lifetime = max(2, int(lifetime))
+        except ValueError:
+            logging.getLogger(__name__).warning(
+                "ignoring %s=%r: not a whole number of seconds", PEERING_LIFETIME_ENV, lifetime
+            )
+    memo.setdefault("peering", not settings.peering.standalone)
     memo.setdefault("controllers", {})
     memo.setdefault("served", set())
     box = memo.setdefault("login", LoginBox())
@@ -85,6 +101,10 @@ async def sweeper(
     memo["controllers"][(namespace, name)] = controller
     memo["served"].add((namespace, name))
     try:
+        # A (re)started loop keeps the schedule of status.lastSweepTime: a failover or restart
+        # does not sweep a policy twice in one interval.
+        await _pause(stopped, meta, PEERING_SETTLE_SECONDS if memo.get("peering") else 0.0)
+        await _pause(stopped, meta, controller.resume_delay(body))
         while not stopped:
             generation = meta.get("generation")
             try:
@@ -93,18 +113,28 @@ async def sweeper(
                 # A bug or an API-server hiccup must not end this policy's loop.
                 logger.exception("sweep of %s/%s failed unexpectedly", namespace, name)
                 delay = ERROR_RETRY_SECONDS
-            deadline = time.monotonic() + delay
-            while not stopped and time.monotonic() < deadline:
-                await stopped.wait(min(SPEC_POLL_SECONDS, deadline - time.monotonic()))
-                if meta.get("generation") != generation:
-                    logger.info("spec of %s/%s changed: sweeping now", namespace, name)
-                    break
+            await _pause(stopped, meta, delay, generation)
     finally:
         memo["controllers"].pop((namespace, name), None)
         reason = stopped.reason
+        if reason is not None and kopf.DaemonStoppingReason.OPERATOR_PAUSING in reason:
+            # a higher-priority peer serves it now: a standby's shutdown must not release it
+            memo["served"].discard((namespace, name))
         if reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in reason:
             memo["served"].discard((namespace, name))
             memo["metrics"].forget(namespace, name)
+
+
+async def _pause(
+    stopped: kopf.DaemonStopped, meta: kopf.Meta, seconds: float, generation: Any = None
+) -> None:
+    """Wait ``seconds``; less if the operator stops or the spec moves past ``generation``
+    (default: the generation now), so that an edit takes effect at once."""
+    if generation is None:
+        generation = meta.get("generation")
+    deadline = time.monotonic() + seconds
+    while not stopped and time.monotonic() < deadline and meta.get("generation") == generation:
+        await stopped.wait(min(SPEC_POLL_SECONDS, deadline - time.monotonic()))
 
 
 @kopf.on.cleanup()

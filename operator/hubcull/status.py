@@ -22,7 +22,8 @@ ADVICE = {
     "Unauthorized": "put a token the Hub accepts in the Secret named by spec.hub.tokenSecretRef",
     "Forbidden": "add the scope to the role of hubcull's service in the Hub "
     "(z2jh: hub.loadRoles.hubcull.scopes)",
-    "TokenSecretMissing": "create the Secret or fix spec.hub.tokenSecretRef",
+    "TokenSecretMissing": "create the Secret in the policy's namespace or fix the reference "
+    "in spec.hub",
     "InvalidSpec": "fix the fields named and apply the CullPolicy again",
     "HubError": "check the Hub's logs and spec.hub.url",
 }
