@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import logging
 import random
 import re
@@ -100,10 +101,15 @@ def _error_message(response: httpx.Response, secret: str = "") -> str:
     return masked(str(body))[:200]
 
 
-def make_ssl_context(ca_pem: str | None) -> ssl.SSLContext | bool:
-    """An SSL context trusting ``ca_pem`` (a PEM bundle), or default verification."""
+@functools.lru_cache(maxsize=64)
+def make_ssl_context(ca_pem: str | None) -> ssl.SSLContext:
+    """An SSL context trusting ``ca_pem`` (a PEM bundle), or the system's CAs.
+
+    Cached: building a context loads a CA store, which costs more CPU than a whole sweep of a
+    small Hub, and every sweep makes a new client.
+    """
     if not ca_pem:
-        return True
+        return httpx.create_ssl_context()
     return ssl.create_default_context(cadata=ca_pem)
 
 
