@@ -12,7 +12,8 @@ The patch lives here, not in the engine: it only shows what the change recommend
     :class:`hubcull.hubclient.HubClient` builds a new ``httpx.AsyncClient`` for every sweep,
     and with the default ``verify=True`` httpx loads certifi's whole CA bundle into a new SSL
     context each time (about 40 ms of CPU), even for an ``http://`` Hub. The variant makes
-    ``make_ssl_context`` return one cached context per CA bundle.
+    ``make_ssl_context`` return one cached context per CA bundle. (The engine does this
+    itself since commit bee7c1a; the variant then changes nothing.)
 ``reuse``
     ``cached-ssl``, plus: the ``httpx.AsyncClient`` of a HubClient is kept for the next sweep
     with the same settings (same URL, token, CA, limits: the same policy), so connections
@@ -40,6 +41,8 @@ def _cache_ssl_contexts() -> None:
     from hubcull import hubclient
 
     original = hubclient.make_ssl_context
+    if hasattr(original, "cache_info"):
+        return  # the engine caches its SSL contexts itself (since bee7c1a)
 
     @functools.lru_cache(maxsize=16)
     def cached(ca_pem: str | None) -> ssl.SSLContext | bool:

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -287,7 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
     args, config = parse_args(argv)
     shown = " ".join(sys.argv[1:] if argv is None else argv)
-    command = f"benchmarks/run {shown}".strip()
+    entry = os.environ.get("HUBCULL_BENCH_ENTRY", "python -m benchmarks.run")
+    command = f"{entry} {shown}".strip()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="hubcull-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     progress(f"work directory {workdir}")

@@ -77,7 +77,7 @@ class Config:
     s3_warmup: float = 15.0
     s3_window: float = 120.0
     s3_variant_window: float = 45.0
-    s3_variants: tuple[str, ...] = ("cached-ssl", "reuse", "lean")
+    s3_variants: tuple[str, ...] = ("reuse", "lean")
     spawn_concurrency: int = 64
 
 
