@@ -9,7 +9,7 @@ import json
 import httpx
 import pytest
 
-from hubcull.hubclient import HubClient, HubError, HubUnreachable
+from hubcull.hubclient import HubAPIError, HubClient, HubError, HubUnreachable
 
 URL = "http://hub.test/hub/api"
 
@@ -112,3 +112,41 @@ async def test_a_plain_list_or_a_broken_page_is_an_error_not_a_partial_listing()
     async with HubClient(URL, "t", page_size=1, transport=httpx.MockTransport(shifted)) as client:
         with pytest.raises(HubError, match="offset"):
             await client.list_users("ready")
+
+
+async def test_version_and_scopes_are_remembered_for_a_while_and_forgotten_on_403(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import hubcull.hubclient as hubclient
+
+    now = [1000.0]
+    monkeypatch.setattr(hubclient.time, "monotonic", lambda: now[0])
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(f"{request.method} {request.url.path}")
+        if request.method == "DELETE":
+            return httpx.Response(403, json={"message": "Missing or invalid credentials."})
+        if request.url.path.endswith("/user"):
+            return httpx.Response(200, json={"name": "culler", "scopes": ["list:users"]})
+        return httpx.Response(200, json={"version": "5.3.0"})
+
+    transport = httpx.MockTransport(handler)
+    async with HubClient(URL, "t", remember_seconds=300, transport=transport) as client:
+        for _ in range(3):
+            assert (await client.info())["version"] == "5.3.0"
+            assert await client.token_scopes() == ["list:users"]
+        assert asked == ["GET /hub/api/", "GET /hub/api/user"]
+        now[0] += 301
+        await client.info()
+        await client.token_scopes()
+        assert len(asked) == 4
+        with pytest.raises(HubAPIError):
+            await client.stop_server("ann", "")
+        await client.info()
+        await client.token_scopes()
+        assert asked[-2:] == ["GET /hub/api/", "GET /hub/api/user"] and len(asked) == 7
+    async with HubClient(URL, "t", transport=transport) as client:  # the default: no memory
+        await client.info()
+        await client.info()
+    assert asked.count("GET /hub/api/") == 5

@@ -51,6 +51,17 @@ async def test_policy_culls_idle_servers_and_reports_everything(kube: Kube, hub:
         await kube.create(secret(await hub.token(MINIMAL_SCOPES)))
         await kube.create(cullpolicy(hub, idleTimeout="1h", every="10m"))
         status = await wait_status(kube, lambda s: condition(s, "Ready").get("status") == "True")
+
+        async def culled_events() -> list[str]:
+            events = await kube.events_for(NS, "default")
+            messages = sorted(e["message"] for e in events if e["reason"] == "Culled")
+            assert len(messages) == 2, messages
+            return messages
+
+        # kopf posts events in the background: wait for them while the operator runs
+        messages = await kube.wait_for(culled_events)
+    assert messages[0].startswith("stopped idle1 (idle 2h5m)")
+    assert messages[1].startswith("stopped idle2/gpu (idle 3h5m)")
     assert await hub.running_servers() == {("active", "")}
     assert status["observedGeneration"] == 1
     assert status["hubVersion"] == (await hub.request("GET", "/")).json()["version"]
@@ -71,16 +82,6 @@ async def test_policy_culls_idle_servers_and_reports_everything(kube: Kube, hub:
     assert ready["reason"] == "SweepSucceeded" and ready["observedGeneration"] == 1
     assert RFC3339.match(ready["lastTransitionTime"]) and ready["message"]
     assert (throttled["status"], throttled["reason"]) == ("False", "WithinLimits")
-
-    async def culled_events() -> list[str]:
-        events = await kube.events_for(NS, "default")
-        messages = sorted(e["message"] for e in events if e["reason"] == "Culled")
-        assert len(messages) == 2, messages
-        return messages
-
-    messages = await kube.wait_for(culled_events)
-    assert messages[0].startswith("stopped idle1 (idle 2h5m)")
-    assert messages[1].startswith("stopped idle2/gpu (idle 3h5m)")
 
 
 async def test_spec_edits_take_effect_without_a_restart(kube: Kube, hub: Hub) -> None:
@@ -278,4 +279,27 @@ async def test_https_hub_with_the_ca_from_a_secret(kube: Kube, hub: Hub) -> None
         assert "CA Secret hub-ca" in condition(status, "Ready")["message"]
         await kube.create(secret(ca.cert_pem.bytes().decode(), name="hub-ca", key="ca.crt"))
         await wait_status(kube, lambda s: s.get("culledTotal") == 1)
+    assert await hub.running_servers() == set()
+
+
+async def test_a_rotated_token_takes_over_without_a_failed_sweep(kube: Kube, hub: Hub) -> None:
+    """The token is kept between sweeps; when the Hub refuses it (revoked after rotation),
+    the Secret is read again and the same sweep goes on with the new token."""
+    await populate(hub, {("first", ""): 2 * HOUR})
+    old = await hub.token(MINIMAL_SCOPES, note="rotate-me")
+    async with hubcull_operator(kube):
+        await kube.create(secret(old))
+        await kube.create(cullpolicy(hub, every="10s"))
+        await wait_status(kube, lambda s: s.get("culledTotal") == 1)
+        new = await hub.token(MINIMAL_SCOPES)
+        await kube.patch("v1/secrets", NS, "hub", {"data": secret(new)["data"]})
+        path = f"/users/{hub.admin_user}/tokens"
+        tokens = (await hub.request("GET", path)).json()["api_tokens"]
+        (old_id,) = [t["id"] for t in tokens if t["note"] == "rotate-me"]
+        await hub.request("DELETE", f"{path}/{old_id}", expected=(204,))
+        await populate(hub, {("second", ""): 2 * HOUR})
+        status = await wait_status(kube, lambda s: s.get("culledTotal") == 2)
+        assert condition(status, "Ready")["status"] == "True"
+        events = await kube.events_for(NS, "default")
+        assert [e for e in events if e["reason"] == "SweepFailed"] == []
     assert await hub.running_servers() == set()

@@ -215,3 +215,40 @@ async def test_pagination_300_idle_of_600_running_all_culled_in_one_sweep(hub: H
     assert culled_labels(outcome) == expected
     assert outcome.status["serversRunning"] == 600
     assert {u for u, _ in await hub.running_servers()} == {u for (u, _) in servers} - expected
+
+
+async def test_a_kept_connection_reads_version_and_scopes_once_and_again_after_a_failure(
+    hub: Hub,
+) -> None:
+    from hubcull.engine import HubConnection, sweep_policy
+    from tests.support.scenario import policy_for
+
+    await populate(hub, {("ann", ""): 60, ("bob", ""): 60})
+    token = await hub.token(MINIMAL_SCOPES)
+    responses: list[str] = []
+    connection = HubConnection(on_response=responses.append)
+    policy = policy_for(hub, idleTimeout="1h")
+
+    async def sweep_counting(policy: object = policy, token: str = token) -> tuple[int, object]:
+        before = len(responses)
+        outcome = await sweep_policy(policy, token, connection=connection)  # type: ignore[arg-type]
+        return len(responses) - before, outcome
+
+    try:
+        count, outcome = await sweep_counting()
+        assert count == 3 and culled_labels(outcome) == set()  # version, scopes, one page
+        await hub.set_times("ann", "", last_activity=ago(2 * HOUR))
+        count, outcome = await sweep_counting()
+        assert count == 2 and culled_labels(outcome) == {"ann"}  # one page, one stop
+        needs_groups = policy_for(hub, idleTimeout="1h", selector={"groups": ["class"]})
+        count, outcome = await sweep_counting(needs_groups)
+        # the kept version and scopes, then a listing that shows the groups are hidden
+        assert outcome.reason == "Forbidden" and count == 1
+        count, outcome = await sweep_counting()
+        assert count == 3 and outcome.result is not None  # asked again after the failure
+        other = await hub.token(MINIMAL_SCOPES)
+        count, outcome = await sweep_counting(token=other)
+        assert count == 3 and outcome.result is not None  # a new token: a new client
+    finally:
+        await connection.aclose()
+    assert await hub.running_servers() == {("bob", "")}

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from .durations import format_duration
-from .engine import SweepOutcome, TokenError, clean_token, sweep_policy
+from .engine import HubConnection, SweepOutcome, TokenError, clean_token, sweep_policy
 from .policy import Policy, PolicyError, parse_spec
 from .status import describe_cull
 
@@ -121,15 +121,21 @@ def _read_ca(path: str | None) -> str | None:
 
 async def _sweep_loop(name: str, policy: Policy, token: str, ca_pem: str | None, once: bool) -> int:
     status: dict[str, Any] | None = None
-    while True:
-        outcome = await sweep_policy(policy, token, previous=status, ca_pem=ca_pem)
-        print_outcome(name, outcome)
-        status = outcome.status
-        if once:
-            if outcome.reason and outcome.reason != "Suspended":
-                raise CLIError(f"{outcome.reason}: {outcome.message}", code=1)
-            return 0
-        await asyncio.sleep(policy.every)
+    connection = HubConnection()
+    try:
+        while True:
+            outcome = await sweep_policy(
+                policy, token, previous=status, ca_pem=ca_pem, connection=connection
+            )
+            print_outcome(name, outcome)
+            status = outcome.status
+            if once:
+                if outcome.reason and outcome.reason != "Suspended":
+                    raise CLIError(f"{outcome.reason}: {outcome.message}", code=1)
+                return 0
+            await asyncio.sleep(policy.every)
+    finally:
+        await connection.aclose()
 
 
 def sweep_command(args: argparse.Namespace) -> int:

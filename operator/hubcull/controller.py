@@ -12,7 +12,15 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .durations import format_duration
-from .engine import SweepOutcome, TokenError, clean_token, failed, suspended, sweep_policy
+from .engine import (
+    HubConnection,
+    SweepOutcome,
+    TokenError,
+    clean_token,
+    failed,
+    suspended,
+    sweep_policy,
+)
 from .kubeapi import KubeAPI, KubeError
 from .metrics import Metrics
 from .policy import DEFAULT_EVERY_SECONDS, Policy, PolicyError, parse_spec
@@ -25,6 +33,13 @@ log = logging.getLogger(__name__)
 MAX_CULL_EVENTS = 10
 #: A failure that repeats is posted again as an event at most this often (seconds).
 REPEAT_FAILURE_EVENT_AFTER = 600.0
+
+#: A Secret's value is read again after this long (seconds): a rotated token is used within
+#: a minute, and at once if the Hub refuses the old one (see RETRY_WITH_NEW_TOKEN).
+SECRET_REREAD_SECONDS = 60.0
+#: When a sweep with a kept token fails for one of these reasons, the Secrets are read again
+#: and, if they changed, the sweep is retried at once with what they hold now.
+RETRY_WITH_NEW_TOKEN = frozenset({"Unauthorized", "Forbidden"})
 
 PostEvent = Callable[[str, str, str], None]  # (type, reason, message)
 
@@ -41,6 +56,14 @@ class PolicyController:
     clock: Clock = utcnow
     status: dict[str, Any] | None = None
     _last_failure: tuple[str | None, float] = field(default=(None, 0.0))
+    _hub: HubConnection | None = None
+    #: (Secret name, key) -> (when it was read, its value)
+    _secrets: dict[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
+
+    async def close(self) -> None:
+        """Close the Hub client kept between sweeps (when the policy's loop ends)."""
+        if self._hub is not None:
+            await self._hub.aclose()
 
     async def sweep(self, body: Mapping[str, Any]) -> float:
         """Sweep once with the object's current spec; return seconds until the next sweep."""
@@ -77,44 +100,81 @@ class PolicyController:
         return min(max((due - self.clock()).total_seconds(), 0.0), every + 1)
 
     async def _sweep(self, policy: Policy, generation: int | None) -> SweepOutcome:
+        outcome, from_cache = await self._sweep_with(policy, generation, fresh=False)
+        retry_reasons = RETRY_WITH_NEW_TOKEN
+        if policy.hub.ca_secret is not None:
+            retry_reasons |= {"HubUnreachable"}  # a CA that no longer matches the Hub's cert
+        if from_cache and outcome.reason in retry_reasons and await self._rotated(policy):
+            outcome, _ = await self._sweep_with(policy, generation, fresh=False)
+        return outcome
+
+    async def _rotated(self, policy: Policy) -> bool:
+        """Read the policy's Secrets again; True if a value changed since it was kept."""
+        refs = [policy.hub.token_secret]
+        if policy.hub.ca_secret is not None:
+            refs.append(policy.hub.ca_secret)
+        changed = False
+        for ref in refs:
+            kept = self._secrets.get((ref.name, ref.key))
+            try:
+                value, _ = await self._secret(ref.name, ref.key, fresh=True)
+            except KubeError:
+                return False
+            changed = changed or kept is None or value != kept[1]
+        return changed
+
+    async def _sweep_with(
+        self, policy: Policy, generation: int | None, fresh: bool
+    ) -> tuple[SweepOutcome, bool]:
+        """Sweep with the token (and CA) from the Secrets; also say whether they came from
+        an earlier read."""
         ref = policy.hub.token_secret
+        ca = policy.hub.ca_secret
         try:
-            raw = await self.kube.read_secret_key(self.namespace, ref.name, ref.key)
+            raw, token_cached = await self._secret(ref.name, ref.key, fresh)
             if raw is None:
-                return failed(
-                    self.status,
-                    "TokenSecretMissing",
-                    f"Secret {ref.name} with key {ref.key} is not in namespace {self.namespace}",
-                    generation,
-                    self.clock,
-                )
+                where = f"Secret {ref.name} with key {ref.key}"
+                return self._failed("TokenSecretMissing", where, generation), False
             token = clean_token(raw, f"Secret {ref.name} key {ref.key}")
-            ca_pem = None
-            if policy.hub.ca_secret is not None:
-                ca = policy.hub.ca_secret
-                ca_pem = await self.kube.read_secret_key(self.namespace, ca.name, ca.key)
+            ca_pem, ca_cached = None, True
+            if ca is not None:
+                ca_pem, ca_cached = await self._secret(ca.name, ca.key, fresh)
                 if ca_pem is None:
-                    return failed(
-                        self.status,
-                        "TokenSecretMissing",
-                        f"CA Secret {ca.name} with key {ca.key} is not in namespace "
-                        f"{self.namespace}",
-                        generation,
-                        self.clock,
-                    )
-        except TokenError as exc:
-            return failed(self.status, "TokenSecretMissing", str(exc), generation, self.clock)
-        except KubeError as exc:
-            return failed(self.status, "TokenSecretMissing", str(exc), generation, self.clock)
-        return await sweep_policy(
+                    where = f"CA Secret {ca.name} with key {ca.key}"
+                    return self._failed("TokenSecretMissing", where, generation), False
+        except (TokenError, KubeError) as exc:
+            failure = failed(self.status, "TokenSecretMissing", str(exc), generation, self.clock)
+            return failure, False
+        if self._hub is None:
+            self._hub = HubConnection(self.metrics.hub_request_counter(self.namespace, self.name))
+        outcome = await sweep_policy(
             policy,
             token,
             previous=self.status,
             generation=generation,
             ca_pem=ca_pem,
             clock=self.clock,
-            on_response=self.metrics.hub_request_counter(self.namespace, self.name),
+            connection=self._hub,
         )
+        return outcome, token_cached and ca_cached
+
+    def _failed(self, reason: str, where: str, generation: int | None) -> SweepOutcome:
+        detail = f"{where} is not in namespace {self.namespace}"
+        return failed(self.status, reason, detail, generation, self.clock)
+
+    async def _secret(self, name: str, key: str, fresh: bool) -> tuple[str | None, bool]:
+        """A Secret's value, read again when older than :data:`SECRET_REREAD_SECONDS` (or
+        when ``fresh``); and whether it is the value kept from an earlier read."""
+        kept = self._secrets.get((name, key))
+        now = time.monotonic()
+        if not fresh and kept is not None and now - kept[0] < SECRET_REREAD_SECONDS:
+            return kept[1], True
+        value = await self.kube.read_secret_key(self.namespace, name, key)
+        if value is None:
+            self._secrets.pop((name, key), None)
+        else:
+            self._secrets[(name, key)] = (now, value)
+        return value, False
 
     async def _finish(self, outcome: SweepOutcome, policy: Policy | None = None) -> None:
         self.status = outcome.status

@@ -75,6 +75,64 @@ def failed(
     return SweepOutcome(status, reason=reason, message=message)
 
 
+#: How long a kept client reuses the Hub's version and the token's scopes.
+REMEMBER_SECONDS = 300.0
+
+
+class HubConnection:
+    """One policy's Hub client, kept from sweep to sweep while the Hub settings stay the same.
+
+    A new client is made when the URL, token, CA, timeout, concurrency or page size changes.
+    Between sweeps the kept client reuses the Hub's version and the token's scopes for
+    :data:`REMEMBER_SECONDS`, so a steady sweep of a small Hub is a single listing; a sweep
+    that fails forgets them, so that a fixed token or role is seen at the next sweep.
+    """
+
+    def __init__(self, on_response: Callable[[str], None] | None = None) -> None:
+        self.on_response = on_response
+        self._client: HubClient | None = None
+        self._settings: tuple[Any, ...] | None = None
+
+    async def client(self, policy: Policy, token: str, ca_pem: str | None) -> HubClient:
+        """The kept client for these settings (a new one if they changed).
+
+        Raises :class:`ssl.SSLError` or :class:`ValueError` for a CA bundle that is not PEM.
+        """
+        hub = policy.hub
+        settings = (hub.url, token, ca_pem, hub.request_timeout, policy.concurrency)
+        if self._client is None or settings != self._settings:
+            await self.aclose()
+            self._client = _new_client(policy, token, ca_pem, self.on_response, REMEMBER_SECONDS)
+            self._settings = settings
+        self._client.page_size = policy.page_size
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the kept client, if any."""
+        client, self._client, self._settings = self._client, None, None
+        if client is not None:
+            await client.aclose()
+
+
+def _new_client(
+    policy: Policy,
+    token: str,
+    ca_pem: str | None,
+    on_response: Callable[[str], None] | None,
+    remember_seconds: float = 0.0,
+) -> HubClient:
+    return HubClient(
+        policy.hub.url,
+        token,
+        timeout=policy.hub.request_timeout,
+        concurrency=policy.concurrency,
+        page_size=policy.page_size,
+        ca_pem=ca_pem,
+        on_response=on_response,
+        remember_seconds=remember_seconds,
+    )
+
+
 async def sweep_policy(
     policy: Policy,
     token: str,
@@ -84,20 +142,20 @@ async def sweep_policy(
     ca_pem: str | None = None,
     clock: Clock = utcnow,
     on_response: Callable[[str], None] | None = None,
+    connection: HubConnection | None = None,
 ) -> SweepOutcome:
-    """Sweep once (unless suspended) and return the status to write."""
+    """Sweep once (unless suspended) and return the status to write.
+
+    With a ``connection`` its kept client is used (and its ``on_response``); otherwise a
+    client is made for this sweep alone.
+    """
     if policy.suspend:
         return suspended(previous, generation, clock)
     try:
-        client = HubClient(
-            policy.hub.url,
-            token,
-            timeout=policy.hub.request_timeout,
-            concurrency=policy.concurrency,
-            page_size=policy.page_size,
-            ca_pem=ca_pem,
-            on_response=on_response,
-        )
+        if connection is not None:
+            client = await connection.client(policy, token, ca_pem)
+        else:
+            client = _new_client(policy, token, ca_pem, on_response)
     except (ssl.SSLError, ValueError) as exc:
         return failed(
             previous,
@@ -107,10 +165,13 @@ async def sweep_policy(
             clock,
         )
     try:
-        async with client:
-            result = await run_sweep(policy, client, clock)
+        result = await run_sweep(policy, client, clock)
     except HubAPIError as exc:
         log.debug("sweep failed: %s", exc)
+        client.forget()
         return failed(previous, exc.reason, str(exc), generation, clock)
+    finally:
+        if connection is None:
+            await client.aclose()
     status = status_after_sweep(previous, result, policy, generation, clock())
     return SweepOutcome(status, result=result)

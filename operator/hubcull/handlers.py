@@ -1,15 +1,17 @@
 """kopf handlers: thin glue from CullPolicy objects to :class:`PolicyController` loops.
 
-One daemon per CullPolicy sweeps on the policy's own ``spec.every`` and wakes early when the
-spec changes (the daemon's body is kopf's live view of the object).
+One daemon per CullPolicy sweeps on the policy's own ``spec.every``. A raw-event handler,
+filtered to run only when ``metadata.generation`` moves past what the daemon swept, wakes it
+so that a spec edit takes effect at once (the daemon's body is kopf's live view of the
+object, so it sweeps with the new spec).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -18,8 +20,6 @@ from .controller import PolicyController
 from .kubeapi import GROUP, PLURAL, VERSION, KubeAPI
 
 FINALIZER = "hubcull.io/sweeper"
-#: How often a sleeping daemon checks its live body for a spec change.
-SPEC_POLL_SECONDS = 1.0
 #: Pause after an unexpected error before sweeping again.
 ERROR_RETRY_SECONDS = 30.0
 #: With peering, a new sweep loop waits this long before its first sweep, so that operators
@@ -52,6 +52,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
             )
     memo.setdefault("peering", not settings.peering.standalone)
     memo.setdefault("controllers", {})
+    memo.setdefault("loops", {})
     memo.setdefault("served", set())
     box = memo.setdefault("login", LoginBox())
     if "kube" not in memo:
@@ -98,24 +99,29 @@ async def sweeper(
         kopf.event(body, type=type_, reason=reason, message=message)
 
     controller = PolicyController(namespace, name, memo["kube"], memo["metrics"], post)
+    loop = SweepLoop(meta.get("generation"))
     memo["controllers"][(namespace, name)] = controller
+    memo["loops"][(namespace, name)] = loop
     memo["served"].add((namespace, name))
     try:
         # A (re)started loop keeps the schedule of status.lastSweepTime: a failover or restart
         # does not sweep a policy twice in one interval.
-        await _pause(stopped, meta, PEERING_SETTLE_SECONDS if memo.get("peering") else 0.0)
-        await _pause(stopped, meta, controller.resume_delay(body))
+        await loop.pause(stopped, PEERING_SETTLE_SECONDS if memo.get("peering") else 0.0)
+        await loop.pause(stopped, controller.resume_delay(body))
         while not stopped:
-            generation = meta.get("generation")
+            loop.wake.clear()
+            loop.generation = meta.get("generation")
             try:
                 delay = await controller.sweep(body)
             except Exception:
                 # A bug or an API-server hiccup must not end this policy's loop.
                 logger.exception("sweep of %s/%s failed unexpectedly", namespace, name)
                 delay = ERROR_RETRY_SECONDS
-            await _pause(stopped, meta, delay, generation)
+            await loop.pause(stopped, delay)
     finally:
         memo["controllers"].pop((namespace, name), None)
+        memo["loops"].pop((namespace, name), None)
+        await controller.close()
         reason = stopped.reason
         if reason is not None and kopf.DaemonStoppingReason.OPERATOR_PAUSING in reason:
             # a higher-priority peer serves it now: a standby's shutdown must not release it
@@ -125,16 +131,44 @@ async def sweeper(
             memo["metrics"].forget(namespace, name)
 
 
-async def _pause(
-    stopped: kopf.DaemonStopped, meta: kopf.Meta, seconds: float, generation: Any = None
-) -> None:
-    """Wait ``seconds``; less if the operator stops or the spec moves past ``generation``
-    (default: the generation now), so that an edit takes effect at once."""
-    if generation is None:
-        generation = meta.get("generation")
-    deadline = time.monotonic() + seconds
-    while not stopped and time.monotonic() < deadline and meta.get("generation") == generation:
-        await stopped.wait(min(SPEC_POLL_SECONDS, deadline - time.monotonic()))
+@dataclass
+class SweepLoop:
+    """A policy's daemon between sweeps: the generation it swept, and what wakes it early."""
+
+    generation: Any
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def pause(self, stopped: kopf.DaemonStopped, seconds: float) -> None:
+        """Wait ``seconds``; less if the operator stops or the spec changes meanwhile."""
+        if stopped or seconds <= 0 or self.wake.is_set():
+            return
+        waits = [
+            asyncio.ensure_future(_until_stopped(stopped, seconds)),
+            asyncio.ensure_future(self.wake.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+
+
+async def _until_stopped(stopped: kopf.DaemonStopped, seconds: float) -> None:
+    await stopped.wait(seconds)
+
+
+def _spec_moved(meta: kopf.Meta, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> bool:
+    """True when the policy's generation differs from the one its daemon last swept."""
+    loop = memo.get("loops", {}).get((namespace, name))
+    return loop is not None and meta.get("generation") != loop.generation
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, id="spec-change", when=_spec_moved)
+def wake_on_spec_change(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """Wake the policy's daemon so that it sweeps with the new spec at once."""
+    loop = memo.get("loops", {}).get((namespace, name))
+    if loop is not None:
+        loop.wake.set()
 
 
 @kopf.on.cleanup()

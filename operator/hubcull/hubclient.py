@@ -14,6 +14,7 @@ import logging
 import random
 import re
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -129,8 +130,11 @@ class HubClient:
         backoff: float = 0.5,
         on_response: Callable[[str], None] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        remember_seconds: float = 0.0,
     ) -> None:
         self.url = url.rstrip("/")
+        self.remember_seconds = remember_seconds
+        self._remembered: dict[str, tuple[float, Any]] = {}
         self._token = token
         self.page_size = page_size
         self.retries = retries
@@ -156,6 +160,21 @@ class HubClient:
     async def aclose(self) -> None:
         """Close the connection pool."""
         await self._http.aclose()
+
+    # -- answers kept between sweeps ------------------------------------------------------
+    def _recall(self, what: str) -> tuple[bool, Any]:
+        kept = self._remembered.get(what)
+        if kept is None or time.monotonic() - kept[0] >= self.remember_seconds:
+            return False, None
+        return True, kept[1]
+
+    def _remember(self, what: str, value: Any) -> None:
+        if self.remember_seconds > 0:
+            self._remembered[what] = (time.monotonic(), value)
+
+    def forget(self) -> None:
+        """Drop the remembered Hub version and token scopes: the next sweep asks again."""
+        self._remembered.clear()
 
     # -- the Hub's clock -----------------------------------------------------------------
     def start_clock(self) -> None:
@@ -226,6 +245,8 @@ class HubClient:
         status = response.status_code
         if status < 400:
             return
+        if status in (401, 403):
+            self.forget()  # the token or its scopes changed: check them again next time
         message = _error_message(response, self._token)
         scope_match = _SCOPE_RE.search(message) if status == 403 else None
         if scope_match:
@@ -251,7 +272,12 @@ class HubClient:
 
     # -- API calls -----------------------------------------------------------------------
     async def info(self) -> dict[str, Any]:
-        """``GET /`` of the API: the Hub's version. Checks that the URL is the API root."""
+        """``GET /`` of the API: the Hub's version. Checks that the URL is the API root.
+
+        With ``remember_seconds`` the answer is reused for that long."""
+        known, body = self._recall("info")
+        if known:
+            return body  # type: ignore[no-any-return]
         response = await self._send("GET", "/")
         status = response.status_code
         if status in (401, 403) or status >= 500:
@@ -275,17 +301,24 @@ class HubClient:
                 "it should end in /hub/api, like http://hub:8081/hub/api",
                 status,
             )
+        self._remember("info", body)
         return body
 
     async def token_scopes(self) -> list[str] | None:
-        """The token's expanded scopes (``GET /user``), or ``None`` if the Hub doesn't say."""
+        """The token's expanded scopes (``GET /user``), or ``None`` if the Hub doesn't say.
+
+        With ``remember_seconds`` the answer is reused for that long; a 401 or 403 from any
+        request forgets it."""
+        known, scopes = self._recall("scopes")
+        if known:
+            return scopes  # type: ignore[no-any-return]
         response = await self._send("GET", "/user")
         self._raise_for_status(response, "identify the token")
         body = self._json(response, "identify the token")
         scopes = body.get("scopes") if isinstance(body, dict) else None
-        if not isinstance(scopes, list):
-            return None
-        return [s for s in scopes if isinstance(s, str)]
+        held = [s for s in scopes if isinstance(s, str)] if isinstance(scopes, list) else None
+        self._remember("scopes", held)
+        return held
 
     async def _page(self, params: dict[str, str], offset: int, limit: int) -> Page:
         what = "list users"
