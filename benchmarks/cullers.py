@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubcull.engine import sweep_policy
+from hubcull.engine import HubConnection, sweep_policy
 from hubcull.hubclient import HubClient
 from hubcull.policy import Policy, parse_spec
 from hubcull.sweep import SweepResult, run_sweep
@@ -128,13 +128,20 @@ def _stopped(result: SweepResult) -> SweepRun:
 
 
 async def hubcull_sweep(
-    url: str, token: str, *, timeout: float, concurrency: int, page_size: int = 200
+    url: str,
+    token: str,
+    *,
+    timeout: float,
+    concurrency: int,
+    page_size: int = 200,
+    connection: HubConnection | None = None,
 ) -> SweepRun:
-    """One sweep with :func:`hubcull.engine.sweep_policy` (what ``hubcull sweep --once``
-    and the operator run)."""
+    """One sweep with :func:`hubcull.engine.sweep_policy` (what ``hubcull sweep`` and the
+    operator run); with ``connection``, on its kept client, as the operator's repeated
+    sweeps of one policy do."""
     policy = bench_policy(url, timeout=timeout, concurrency=concurrency, page_size=page_size)
     started = time.monotonic()
-    outcome = await sweep_policy(policy, token)
+    outcome = await sweep_policy(policy, token, connection=connection)
     seconds = time.monotonic() - started
     if outcome.result is None:
         raise SweepFailed(f"hubcull sweep failed: {outcome.reason}: {outcome.message}")

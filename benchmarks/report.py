@@ -121,7 +121,7 @@ def request_cost_table(s2: Scenario2) -> str:
 
 
 def scenario3_table(s3: Scenario3) -> str:
-    """Operator CPU share and memory, one column per operator variant."""
+    """Operator CPU share and memory."""
     runs = s3.runs
     lines: list[tuple[str, Callable[[OperatorRun], str]]] = [
         ("time until every policy had swept", lambda r: f"{r.first_sweeps_seconds:.1f} s"),
@@ -150,7 +150,7 @@ def scenario3_table(s3: Scenario3) -> str:
     ]
     header = [
         f"{s3.policies} CullPolicies every {s3.every:.0f} s, {s3.servers} servers",
-        *(f"hubcull run ({r.variant})" for r in runs),
+        *(r.label for r in runs),
     ]
     return _table(header, [[name, *(cell(r) for r in runs)] for name, cell in lines])
 

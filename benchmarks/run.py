@@ -31,7 +31,6 @@ from tests.support.jhub import MINIMAL_SCOPES, launch_hub
 
 from benchmarks import report
 from benchmarks.harness import BenchHub
-from benchmarks.operator_variants import VARIANTS
 from benchmarks.scenarios import Config, Scenario1, Scenario2, Scenario3, scenario1, scenario2
 from benchmarks.scenarios import scenario3 as run_scenario3
 
@@ -47,8 +46,6 @@ QUICK = {
     "s3_servers": 5,
     "s3_warmup": 3.0,
     "s3_window": 12.0,
-    "s3_variant_window": 12.0,
-    "s3_variants": ("lean",),
 }
 
 
@@ -103,23 +100,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Config]:
     add("--s3-servers", type=int, help=f"scenario 3 running servers ({defaults.s3_servers})")
     add("--s3-every", type=float, help=f"scenario 3 sweep interval ({defaults.s3_every:.0f} s)")
     add("--s3-warmup", type=float, help=f"seconds before measuring ({defaults.s3_warmup:.0f})")
-    add(
-        "--s3-window",
-        type=float,
-        help=f"seconds measured, the operator as it is ({defaults.s3_window:.0f})",
-    )
-    add(
-        "--s3-variant-window",
-        type=float,
-        help=f"seconds measured, each variant ({defaults.s3_variant_window:.0f})",
-    )
-    add(
-        "--s3-variants",
-        type=lambda text: tuple(v for v in text.split(",") if v),
-        help="operator variants with proposed changes patched in, measured after the operator "
-        "as it is (benchmarks/operator_variants.py; default "
-        f"{','.join(defaults.s3_variants)}; '' for none)",
-    )
+    add("--s3-window", type=float, help=f"seconds measured ({defaults.s3_window:.0f})")
     add("--workdir", type=Path, help="where Hubs and logs go (default: a new temporary directory)")
     add("--keep", action="store_true", help="keep the work directory (always kept on failure)")
     add("--json", type=Path, help="also write the raw results here")
@@ -132,9 +113,6 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Config]:
     config = Config(**values)
     if config.s1_idle > config.s1_servers:
         parser.error("--s1-idle cannot exceed --s1-servers")
-    unknown = set(config.s3_variants) - set(VARIANTS)
-    if unknown:
-        parser.error(f"unknown --s3-variants {sorted(unknown)}; known: {sorted(VARIANTS)}")
     return args, config
 
 

@@ -10,8 +10,7 @@
 3. **The operator**: ``hubcull run`` as a subprocess with many CullPolicies on the tests'
    kmock-based Kubernetes API emulator (minus kmock's request history, see
    :mod:`benchmarks.kube`), all sweeping one Hub every few seconds. CPU share and peak RSS
-   (``VmHWM``) of the operator process, as it is and with proposed changes patched in
-   (:mod:`benchmarks.operator_variants`).
+   (``VmHWM``) of the operator process.
 """
 
 from __future__ import annotations
@@ -50,6 +49,7 @@ from benchmarks.harness import (
     peak_rss_bytes,
     user_name,
 )
+from hubcull.engine import HubConnection
 
 POLICY_MAX_CONCURRENCY = 100
 
@@ -64,7 +64,7 @@ class Config:
     s1_servers: int = 2000
     s1_idle: int = 400
     stop_delay: float = 1.0
-    s1_concurrencies: tuple[int, ...] = (100,)
+    s1_concurrencies: tuple[int, ...] = (100, 400)
     floor_concurrencies: tuple[int, ...] = (100, 0)
     idle_sample: float = 10.0
     s2_servers: int = 5000
@@ -76,8 +76,6 @@ class Config:
     s3_every: float = 10.0
     s3_warmup: float = 15.0
     s3_window: float = 120.0
-    s3_variant_window: float = 45.0
-    s3_variants: tuple[str, ...] = ("reuse", "lean")
     spawn_concurrency: int = 64
 
 
@@ -157,7 +155,7 @@ class Scenario2:
 class OperatorRun:
     """One operator process measured over the window."""
 
-    variant: str
+    label: str
     window: float = 0.0
     operator_cpu: float = 0.0
     operator_peak_rss: int = 0
@@ -177,7 +175,7 @@ class OperatorRun:
 
 @dataclass
 class Scenario3:
-    """Operator results: the operator as it is, then any variants with proposed changes."""
+    """Operator results (one run of ``hubcull run``)."""
 
     policies: int
     servers: int
@@ -378,6 +376,9 @@ async def scenario2(
     await bench.apply(plan)
     url, log = bench.hub.api_url, HubLog(bench.hub)
     c, timeout = config.concurrency, config.timeout
+    # hubcull sweeps as the operator repeats them: one kept client (version and token scopes
+    # read on the warm-up sweep, then reused)
+    kept_connection = HubConnection()
     cullers: list[tuple[str, Callable[[], Awaitable[SweepRun]]]] = [
         (
             "jupyterhub-idle-culler",
@@ -390,7 +391,12 @@ async def scenario2(
                 log_file=workdir / "reference-s2.log",
             ),
         ),
-        ("hubcull", lambda: hubcull_sweep(url, token, timeout=timeout, concurrency=c)),
+        (
+            "hubcull",
+            lambda: hubcull_sweep(
+                url, token, timeout=timeout, concurrency=c, connection=kept_connection
+            ),
+        ),
     ]
     if config.s2_wide_reference:
         cullers.append(
@@ -409,15 +415,19 @@ async def scenario2(
     result.per_culler = {label: [] for label, _ in cullers}
     before = await bench.ready_users()
     rounds = config.s2_warmup + config.s2_sweeps
-    for round_ in range(rounds):
-        order = cullers if round_ % 2 == 0 else list(reversed(cullers))
-        for label, sweep in order:
-            progress(f"scenario 2: sweep {round_ + 1}/{rounds}: {label}")
-            measured, run = await measure(bench, log, label, sweep)
-            if run.stopped:
-                raise RuntimeError(f"{label} stopped servers in the steady state: {run.stopped}")
-            if round_ >= config.s2_warmup:
-                result.per_culler[label].append(measured)
+    try:
+        for round_ in range(rounds):
+            order = cullers if round_ % 2 == 0 else list(reversed(cullers))
+            for label, sweep in order:
+                progress(f"scenario 2: sweep {round_ + 1}/{rounds}: {label}")
+                measured, run = await measure(bench, log, label, sweep)
+                if run.stopped:
+                    stopped = run.stopped
+                    raise RuntimeError(f"{label} stopped servers in the steady state: {stopped}")
+                if round_ >= config.s2_warmup:
+                    result.per_culler[label].append(measured)
+    finally:
+        await kept_connection.aclose()
     after = await bench.ready_users()
     if before != after:
         raise RuntimeError(f"servers stopped during the steady state: {_names(before - after)}")
@@ -450,11 +460,7 @@ def _policy(url: str, name: str, namespace: str, every: float, timeout: float) -
 
 
 async def scenario3(config: Config, workdir: Path, progress: Progress) -> Scenario3:
-    """``hubcull run`` with many CullPolicies against one small Hub: operator CPU and RSS.
-
-    The operator runs as it is, then once per variant of
-    :mod:`benchmarks.operator_variants`, each a fresh process on the same policies.
-    """
+    """``hubcull run`` with many CullPolicies against one small Hub: operator CPU and RSS."""
     from tests.support.kube import run_operator_process
 
     from benchmarks.kube import lean_kube_server
@@ -470,70 +476,62 @@ async def scenario3(config: Config, workdir: Path, progress: Progress) -> Scenar
         token = await hub.token(MINIMAL_SCOPES, note="bench-operator")
         log = HubLog(hub)
         async with lean_kube_server(workdir / "kube") as kube:
-            for index, variant in enumerate(("as is", *config.s3_variants)):
-                # fresh policies for each operator: none inherits the schedule of the last
-                namespace = f"bench-{index}"
-                await kube.create_namespace(namespace)
-                await kube.create(_secret(token, namespace))
-                every, timeout = config.s3_every, config.timeout
-                for number in range(config.s3_policies):
-                    name = f"p{number:03d}"
-                    await kube.create(_policy(hub.api_url, name, namespace, every, timeout))
-                run = OperatorRun(variant)
-                if variant == "as is":
-                    command = [sys.executable, "-m", "hubcull.cli"]
-                else:
-                    command = [sys.executable, "-m", "benchmarks.operator_variants", variant]
-                command += ["run", "--namespace", namespace]
-                progress(f"scenario 3: hubcull run ({variant}), {config.s3_policies} CullPolicies")
-                started, since = time.monotonic(), datetime.now(timezone.utc)
-                log_path = workdir / f"operator-{variant.replace(' ', '-')}.log"
-                async with run_operator_process(
-                    kube, command, log_path=log_path, stop_timeout=90.0
-                ) as operator:
-                    assert operator.process is not None
-                    pid = operator.process.pid
-
-                    async def all_swept(since: datetime = since, ns: str = namespace) -> bool:
-                        policies = await kube.list("hubcull.io/v1alpha1/cullpolicies", ns)
-                        return len(policies) == config.s3_policies and all(
-                            _swept_since(p, since) for p in policies
-                        )
-
-                    await kube.wait_for(all_swept, timeout=300.0, interval=0.5)
-                    run.first_sweeps_seconds = time.monotonic() - started
-                    progress(
-                        f"scenario 3: every policy swept after {run.first_sweeps_seconds:.1f} s;"
-                        f" warm-up {config.s3_warmup:.0f} s, then measuring"
-                    )
-                    await asyncio.sleep(config.s3_warmup)
-                    mark = log.mark()
-                    others = OtherLoad([pid, hub.pid, hub.proxy_pid, os.getpid()])
-                    op0, hub0 = cpu_seconds(pid), cpu_seconds(hub.pid)
-                    me0, wall0 = cpu_seconds(os.getpid()), time.monotonic()
-                    await asyncio.sleep(config.s3_variant_window if index else config.s3_window)
-                    op1, hub1 = cpu_seconds(pid), cpu_seconds(hub.pid)
-                    me1, wall1 = cpu_seconds(os.getpid()), time.monotonic()
-                    run.other_load = others.cores()
-                    run.window = wall1 - wall0
-                    run.operator_cpu = op1 - op0
-                    run.hub_cpu = hub1 - hub0
-                    run.emulator_cpu = me1 - me0
-                    run.operator_peak_rss = peak_rss_bytes(pid)
-                    run.operator_rss_end = _rss(pid)
-                    operator.check()
-                    requests = await log.requests_since(mark)
-                    run.hub_requests = len(requests)
-                    run.sweeps_in_window = sum(
-                        1
-                        for r in requests
-                        if r.method == "GET" and r.uri.startswith("/hub/api/users?")
-                    )
-                result.runs.append(run)
-                progress(
-                    f"  operator CPU {100 * run.cpu_share:.1f} % of a core, peak RSS "
-                    f"{run.operator_peak_rss / 2**20:.0f} MiB"
+            namespace = "bench"
+            await kube.create_namespace(namespace)
+            await kube.create(_secret(token, namespace))
+            for number in range(config.s3_policies):
+                policy = _policy(
+                    hub.api_url, f"p{number:03d}", namespace, config.s3_every, config.timeout
                 )
+                await kube.create(policy)
+            run = OperatorRun("hubcull run")
+            command = [sys.executable, "-m", "hubcull.cli", "run", "--namespace", namespace]
+            progress(f"scenario 3: hubcull run, {config.s3_policies} CullPolicies")
+            started, since = time.monotonic(), datetime.now(timezone.utc)
+            async with run_operator_process(
+                kube, command, log_path=workdir / "operator.log", stop_timeout=90.0
+            ) as operator:
+                assert operator.process is not None
+                pid = operator.process.pid
+
+                async def all_swept() -> bool:
+                    policies = await kube.list("hubcull.io/v1alpha1/cullpolicies", namespace)
+                    return len(policies) == config.s3_policies and all(
+                        _swept_since(p, since) for p in policies
+                    )
+
+                await kube.wait_for(all_swept, timeout=300.0, interval=0.5)
+                run.first_sweeps_seconds = time.monotonic() - started
+                progress(
+                    f"scenario 3: every policy swept after {run.first_sweeps_seconds:.1f} s;"
+                    f" warm-up {config.s3_warmup:.0f} s, then measuring"
+                )
+                await asyncio.sleep(config.s3_warmup)
+                mark = log.mark()
+                others = OtherLoad([pid, hub.pid, hub.proxy_pid, os.getpid()])
+                op0, hub0 = cpu_seconds(pid), cpu_seconds(hub.pid)
+                me0, wall0 = cpu_seconds(os.getpid()), time.monotonic()
+                await asyncio.sleep(config.s3_window)
+                op1, hub1 = cpu_seconds(pid), cpu_seconds(hub.pid)
+                me1, wall1 = cpu_seconds(os.getpid()), time.monotonic()
+                run.other_load = others.cores()
+                run.window = wall1 - wall0
+                run.operator_cpu = op1 - op0
+                run.hub_cpu = hub1 - hub0
+                run.emulator_cpu = me1 - me0
+                run.operator_peak_rss = peak_rss_bytes(pid)
+                run.operator_rss_end = _rss(pid)
+                operator.check()
+                requests = await log.requests_since(mark)
+                run.hub_requests = len(requests)
+                run.sweeps_in_window = sum(
+                    1 for r in requests if r.method == "GET" and r.uri.startswith("/hub/api/users?")
+                )
+            result.runs.append(run)
+            progress(
+                f"  operator CPU {100 * run.cpu_share:.1f} % of a core, peak RSS "
+                f"{run.operator_peak_rss / 2**20:.0f} MiB"
+            )
     finally:
         await hub.shutdown()
     return result
