@@ -4,7 +4,9 @@ operator killed in the middle of a sweep.
 Every Hub request goes through the fault proxy (tests/support/faultproxy.py) in plain
 pass-through mode: it records each request and which operator process sent it, so "who
 swept when" and "how often was each server stopped" are read from what the Hub was asked.
-A sweep starts with ``GET /hub/api/`` (the Hub's version), so those requests are the sweeps.
+Every sweep lists the first page of running servers (``state=ready``, offset 0), so those
+requests are the sweeps (the Hub's version and the token's scopes are read only now and then:
+the operator keeps them for a few minutes).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ EVERY = 10.0
 #: kopf's peering lifetime for these operators (kopf's default is 60s): a SIGKILLed peer is
 #: presumed dead this long after its last keep-alive. Set with HUBCULL_PEERING_LIFETIME.
 LIFETIME = 3
-SWEEP_START = r"^GET /hub/api/$"
+SWEEP_START = r"^GET /hub/api/users\?state=ready&(.*&)?offset=0(&|$)"
 HOUR = 3600
 
 
