@@ -100,12 +100,12 @@ class PolicyController:
         return min(max((due - self.clock()).total_seconds(), 0.0), every + 1)
 
     async def _sweep(self, policy: Policy, generation: int | None) -> SweepOutcome:
-        outcome, from_cache = await self._sweep_with(policy, generation, fresh=False)
+        outcome, from_cache = await self._sweep_with(policy, generation)
         retry_reasons = RETRY_WITH_NEW_TOKEN
         if policy.hub.ca_secret is not None:
             retry_reasons |= {"HubUnreachable"}  # a CA that no longer matches the Hub's cert
         if from_cache and outcome.reason in retry_reasons and await self._rotated(policy):
-            outcome, _ = await self._sweep_with(policy, generation, fresh=False)
+            outcome, _ = await self._sweep_with(policy, generation)
         return outcome
 
     async def _rotated(self, policy: Policy) -> bool:
@@ -124,21 +124,21 @@ class PolicyController:
         return changed
 
     async def _sweep_with(
-        self, policy: Policy, generation: int | None, fresh: bool
+        self, policy: Policy, generation: int | None
     ) -> tuple[SweepOutcome, bool]:
-        """Sweep with the token (and CA) from the Secrets; also say whether they came from
-        an earlier read."""
+        """Sweep with the token (and CA) from the Secrets; also say whether either was kept
+        from an earlier read."""
         ref = policy.hub.token_secret
         ca = policy.hub.ca_secret
         try:
-            raw, token_cached = await self._secret(ref.name, ref.key, fresh)
+            raw, token_cached = await self._secret(ref.name, ref.key)
             if raw is None:
                 where = f"Secret {ref.name} with key {ref.key}"
                 return self._failed("TokenSecretMissing", where, generation), False
             token = clean_token(raw, f"Secret {ref.name} key {ref.key}")
-            ca_pem, ca_cached = None, True
+            ca_pem, ca_cached = None, False
             if ca is not None:
-                ca_pem, ca_cached = await self._secret(ca.name, ca.key, fresh)
+                ca_pem, ca_cached = await self._secret(ca.name, ca.key)
                 if ca_pem is None:
                     where = f"CA Secret {ca.name} with key {ca.key}"
                     return self._failed("TokenSecretMissing", where, generation), False
@@ -156,13 +156,13 @@ class PolicyController:
             clock=self.clock,
             connection=self._hub,
         )
-        return outcome, token_cached and ca_cached
+        return outcome, token_cached or ca_cached
 
     def _failed(self, reason: str, where: str, generation: int | None) -> SweepOutcome:
         detail = f"{where} is not in namespace {self.namespace}"
         return failed(self.status, reason, detail, generation, self.clock)
 
-    async def _secret(self, name: str, key: str, fresh: bool) -> tuple[str | None, bool]:
+    async def _secret(self, name: str, key: str, fresh: bool = False) -> tuple[str | None, bool]:
         """A Secret's value, read again when older than :data:`SECRET_REREAD_SECONDS` (or
         when ``fresh``); and whether it is the value kept from an earlier read."""
         kept = self._secrets.get((name, key))
