@@ -82,7 +82,8 @@ REMEMBER_SECONDS = 300.0
 class HubConnection:
     """One policy's Hub client, kept from sweep to sweep while the Hub settings stay the same.
 
-    A new client is made when the URL, token, CA, timeout, concurrency or page size changes.
+    A new client is made when the URL, token, CA, timeout or concurrency changes (a new page
+    size is set on the kept one).
     Between sweeps the kept client reuses the Hub's version and the token's scopes for
     :data:`REMEMBER_SECONDS`, so a steady sweep of a small Hub is a single listing; a sweep
     that fails forgets them, so that a fixed token or role is seen at the next sweep.
