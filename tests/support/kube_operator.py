@@ -281,12 +281,27 @@ async def run_operator(
         allow_errors=allow_errors,
     )
     operator.start()
+    try:
+        async with _attached(kube, operator, stop_timeout):
+            await kube.wait_for(
+                lambda: operator.ready, timeout=startup_timeout, message=f"{operator} to start"
+            )
+            yield operator
+    finally:
+        if log_level is not None:
+            kopf_logger.setLevel(old_level)
+
+
+@contextlib.asynccontextmanager
+async def _attached(
+    kube: Kube, operator: InProcessOperator | SubprocessOperator, stop_timeout: float
+) -> AsyncIterator[None]:
+    """Register a started operator with ``kube`` (so that its waits fail if the operator
+    crashes) and stop it on the way out; a crash found while stopping is added as a note to
+    an error already on its way."""
     kube.operators.append(operator)
     try:
-        await kube.wait_for(
-            lambda: operator.ready, timeout=startup_timeout, message=f"{operator} to start"
-        )
-        yield operator
+        yield
     except BaseException as e:
         kube.operators.remove(operator)
         try:
@@ -298,9 +313,6 @@ async def run_operator(
     else:
         kube.operators.remove(operator)
         await operator.stop(timeout=stop_timeout)
-    finally:
-        if log_level is not None:
-            kopf_logger.setLevel(old_level)
 
 
 # --- subprocesses -------------------------------------------------------------------------------
@@ -457,17 +469,5 @@ async def run_operator_process(
         command, log_path=log_path, env=full_env, cwd=cwd, allowed_exit_codes=allowed_exit_codes
     )
     await operator.start()
-    kube.operators.append(operator)
-    try:
+    async with _attached(kube, operator, stop_timeout):
         yield operator
-    except BaseException as e:
-        kube.operators.remove(operator)
-        try:
-            await operator.stop(timeout=stop_timeout)
-        except OperatorCrashedError as stop_error:
-            if str(stop_error) != str(e):
-                e.add_note(f"Also: {stop_error}")
-        raise
-    else:
-        kube.operators.remove(operator)
-        await operator.stop(timeout=stop_timeout)
