@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubcull.engine import HubConnection, sweep_policy
-from hubcull.hubclient import HubClient
-from hubcull.policy import Policy, parse_spec
-from hubcull.sweep import SweepResult, run_sweep
+from hubcull.engine.hubclient import HubClient
+from hubcull.engine.policy import Policy, parse_spec
+from hubcull.engine.runner import HubConnection, sweep_policy
+from hubcull.engine.sweep import SweepResult, run_sweep
 
 TOKEN_REF = {"name": "hub", "key": "token"}
 
@@ -153,7 +153,7 @@ async def hubcull_sweep(
 async def hubcull_engine_sweep(
     url: str, token: str, *, timeout: float, concurrency: int, page_size: int = 200
 ) -> SweepRun:
-    """One sweep of the same engine (:func:`hubcull.sweep.run_sweep`) with a client allowed
+    """One sweep of the same engine (:func:`hubcull.engine.sweep.run_sweep`) with a client allowed
     ``concurrency`` requests in flight, which may exceed the policy's maximum of 100."""
     policy = bench_policy(url, timeout=timeout, concurrency=10, page_size=page_size)
     started = time.monotonic()

@@ -49,7 +49,7 @@ from benchmarks.harness import (
     peak_rss_bytes,
     user_name,
 )
-from hubcull.engine import HubConnection
+from hubcull.engine.runner import HubConnection
 
 POLICY_MAX_CONCURRENCY = 100
 

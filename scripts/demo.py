@@ -48,8 +48,15 @@ async def main() -> int:
             policy["spec"]["hub"]["url"] = hub.api_url
             policy_path = Path(tmp) / "demo.yaml"
             policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
-            command = [sys.executable, "-m", "hubcull.cli", "sweep", "-f", str(policy_path),
-                       "--once"]
+            command = [
+                sys.executable,
+                "-m",
+                "hubcull.cli",
+                "sweep",
+                "-f",
+                str(policy_path),
+                "--once",
+            ]
             print("$ hubcull sweep -f examples/demo.yaml --once   (url set to the local Hub)\n")
             env = {**os.environ, "JUPYTERHUB_API_TOKEN": token}
             proc = await asyncio.to_thread(subprocess.run, command, env=env, check=False)

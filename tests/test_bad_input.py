@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from hubcull.cli import main
-from hubcull.policy import PolicyError, parse_spec
+from hubcull.engine.policy import PolicyError, parse_spec
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.kube import Kube
 from tests.support.operator_env import NS, condition, cullpolicy, hubcull_operator, secret
@@ -175,31 +175,70 @@ async def test_operator_reports_every_invalid_policy_and_keeps_serving(
 
 #: name -> (Secret data or None, spec.hub overrides, Ready reason, text of the message)
 SECRET_CASES: dict[str, tuple[dict[str, str] | None, dict[str, Any], str, str]] = {
-    "no-secret": (None, {}, "TokenSecretMissing",
-                  "Secret no-secret with key token is not in namespace jhub"),
-    "no-such-key": ({"other": b64(b"x")}, {}, "TokenSecretMissing",
-                    "Secret no-such-key with key token is not in namespace jhub"),
+    "no-secret": (
+        None,
+        {},
+        "TokenSecretMissing",
+        "Secret no-secret with key token is not in namespace jhub",
+    ),
+    "no-such-key": (
+        {"other": b64(b"x")},
+        {},
+        "TokenSecretMissing",
+        "Secret no-such-key with key token is not in namespace jhub",
+    ),
     "empty-token": ({"token": ""}, {}, "TokenSecretMissing", "key token is empty"),
     "blank-token": ({"token": b64(b"  \n")}, {}, "TokenSecretMissing", "key token is empty"),
-    "token-with-space": ({"token": b64(b"abc def")}, {}, "TokenSecretMissing",
-                         "has whitespace inside the token"),
+    "token-with-space": (
+        {"token": b64(b"abc def")},
+        {},
+        "TokenSecretMissing",
+        "has whitespace inside the token",
+    ),
     "not-base64": ({"token": "abc"}, {}, "TokenSecretMissing", "is not valid base64"),
     "not-text": ({"token": b64(b"\xff\xfe")}, {}, "TokenSecretMissing", "is not valid base64"),
-    "no-ca-secret": ({"token": "TOKEN"}, {"caSecretRef": {"name": "nothing", "key": "ca.crt"}},
-                     "TokenSecretMissing", "CA Secret nothing with key ca.crt is not in"),
-    "ca-not-pem": ({"token": "TOKEN", "ca.crt": b64(b"hello")},
-                   {"caSecretRef": {"name": "ca-not-pem", "key": "ca.crt"}},
-                   "InvalidSpec", "not a valid PEM bundle"),
-    "url-no-scheme": ({"token": "TOKEN"}, {"url": "hub:8081/hub/api"}, "InvalidSpec",
-                      "spec.hub.url: 'hub:8081/hub/api' must be an http:// or https:// URL"),
-    "url-hub-root": ({"token": "TOKEN"}, {"url": "PUBLIC"}, "HubError",
-                     "is not the JupyterHub REST API root (it redirects to /hub/)"),
-    "url-hub-pages": ({"token": "TOKEN"}, {"url": "PUBLIC/hub"}, "HubError",
-                      "is not the JupyterHub REST API root (it redirects to /hub/login"),
-    "url-users": ({"token": "TOKEN"}, {"url": "PUBLIC/hub/api/users"}, "HubError",
-                  "is not the JupyterHub REST API root (it answers 404)"),
-    "url-singleuser": ({"token": "TOKEN"}, {"url": "PUBLIC/user/admin/api"}, "HubError",
-                       "is not the JupyterHub REST API root (it redirects to"),
+    "no-ca-secret": (
+        {"token": "TOKEN"},
+        {"caSecretRef": {"name": "nothing", "key": "ca.crt"}},
+        "TokenSecretMissing",
+        "CA Secret nothing with key ca.crt is not in",
+    ),
+    "ca-not-pem": (
+        {"token": "TOKEN", "ca.crt": b64(b"hello")},
+        {"caSecretRef": {"name": "ca-not-pem", "key": "ca.crt"}},
+        "InvalidSpec",
+        "not a valid PEM bundle",
+    ),
+    "url-no-scheme": (
+        {"token": "TOKEN"},
+        {"url": "hub:8081/hub/api"},
+        "InvalidSpec",
+        "spec.hub.url: 'hub:8081/hub/api' must be an http:// or https:// URL",
+    ),
+    "url-hub-root": (
+        {"token": "TOKEN"},
+        {"url": "PUBLIC"},
+        "HubError",
+        "is not the JupyterHub REST API root (it redirects to /hub/)",
+    ),
+    "url-hub-pages": (
+        {"token": "TOKEN"},
+        {"url": "PUBLIC/hub"},
+        "HubError",
+        "is not the JupyterHub REST API root (it redirects to /hub/login",
+    ),
+    "url-users": (
+        {"token": "TOKEN"},
+        {"url": "PUBLIC/hub/api/users"},
+        "HubError",
+        "is not the JupyterHub REST API root (it answers 404)",
+    ),
+    "url-singleuser": (
+        {"token": "TOKEN"},
+        {"url": "PUBLIC/user/admin/api"},
+        "HubError",
+        "is not the JupyterHub REST API root (it redirects to",
+    ),
     "token-trailing-newline": ({"token": "TOKEN+NL"}, {}, "SweepSucceeded", "Swept"),
 }
 
@@ -214,8 +253,14 @@ async def test_bad_secrets_and_urls_each_get_a_clear_reason(kube: Kube, hub: Hub
         for name, (data, hub_fields, _, _) in SECRET_CASES.items():
             if data is not None:
                 data = {k: values.get(v, v) for k, v in data.items()}
-                await kube.create({"apiVersion": "v1", "kind": "Secret",
-                                   "metadata": {"name": name, "namespace": NS}, "data": data})
+                await kube.create(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Secret",
+                        "metadata": {"name": name, "namespace": NS},
+                        "data": data,
+                    }
+                )
             fields = dict(hub_fields)
             fields["tokenSecretRef"] = {"name": name, "key": "token"}
             url = fields.pop("url", hub.api_url).replace("PUBLIC", hub.public_url)

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-import hubcull.controller as controller_module
-from hubcull.controller import SECRET_REREAD_SECONDS, PolicyController
-from hubcull.metrics import Metrics
+import hubcull.k8s.controller as controller_module
+from hubcull.k8s.controller import SECRET_REREAD_SECONDS, PolicyController
+from hubcull.k8s.metrics import Metrics
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.scenario import ago, populate, spec_for
 
@@ -55,7 +55,11 @@ async def test_the_token_is_read_again_after_a_minute_or_when_refused(
     kube = SecretsAndStatus(first)
     events: list[tuple[str, str, str]] = []
     controller = PolicyController(
-        "jhub", "default", kube, Metrics(), lambda *event: events.append(event)  # type: ignore[arg-type]
+        "jhub",
+        "default",
+        kube,
+        Metrics(),
+        lambda *event: events.append(event),  # type: ignore[arg-type]
     )
     body = {"metadata": {"generation": 1}, "spec": spec_for(hub, idleTimeout="1h")}
     try:

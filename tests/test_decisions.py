@@ -8,9 +8,17 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hubcull.decisions import decide
-from hubcull.hubmodel import Server, Snapshot, User
-from hubcull.policy import Capacity, Matcher, Policy, Safety, ServerScope, UserCulling, parse_spec
+from hubcull.engine.decisions import decide
+from hubcull.engine.hubmodel import Server, Snapshot, User
+from hubcull.engine.policy import (
+    Capacity,
+    Matcher,
+    Policy,
+    Safety,
+    ServerScope,
+    UserCulling,
+    parse_spec,
+)
 
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=timezone.utc)
 BASE = parse_spec(

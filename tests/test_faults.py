@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from hubcull.engine import SweepOutcome, sweep_policy
+from hubcull.engine.runner import SweepOutcome, sweep_policy
 from tests.support.faultproxy import (
     LISTING,
     RESTARTABLE_SPAWNER_CONFIG,
@@ -112,55 +112,164 @@ class Case:
 
 
 CASES = [
-    Case("reset", "connection closed without an answer, on every try of page 2",
-         lambda: [Fault("reset", page(2))], "HubUnreachable", "RemoteProtocolError"),
-    Case("reset-once", "connection closed without an answer, once",
-         lambda: [Fault("reset", page(2), times=1)], None),
-    Case("hang", "page 2 never answers", lambda: [Fault("hang", page(2))],
-         "HubUnreachable", "did not answer in time"),
-    Case("slow-over-timeout", "page 2 answers after 3s, requestTimeout 1s",
-         lambda: [Fault("slow", page(2), delay=3)], "HubUnreachable", "did not answer in time"),
-    Case("slow-under-timeout", "page 2 answers after 0.5s, requestTimeout 2s",
-         lambda: [Fault("slow", page(2), delay=0.5)], None, timeout="2s"),
-    Case("500", "page 2 answers 500, every try", lambda: [Fault("status", page(2), status=500)],
-         "HubError", "answered 500"),
-    Case("502", "page 2 answers 502, every try", lambda: [Fault("status", page(2), status=502)],
-         "HubError", "answered 502"),
-    Case("503", "page 2 answers 503, every try", lambda: [Fault("status", page(2), status=503)],
-         "HubError", "answered 503"),
-    Case("503-once", "page 2 answers 503 once, then works",
-         lambda: [Fault("status", page(2), status=503, times=1)], None),
-    Case("429", "page 2 answers 429 (Retry-After: 1), every try",
-         lambda: [Fault("status", page(2), status=429)], "HubError", "answered 429"),
-    Case("429-once", "page 2 answers 429 (Retry-After: 1) once",
-         lambda: [Fault("status", page(2), status=429, times=1)], None),
-    Case("404", "the listing answers 404", lambda: [Fault("status", LISTING, status=404)],
-         "HubError", "answered 404"),
-    Case("malformed", "page 2 is not JSON", lambda: [Fault("malformed", page(2))],
-         "HubError", "malformed JSON"),
-    Case("truncated", "page 2 is cut in half (valid HTTP, broken JSON)",
-         lambda: [Fault("truncate", page(2))], "HubError", "malformed JSON"),
-    Case("cut", "the connection breaks in the middle of page 2's body",
-         lambda: [Fault("cut", page(2))], "HubUnreachable", "complete message body"),
-    Case("html", "page 2 is an HTML page (an ingress error or login page)",
-         lambda: [Fault("html", page(2))], "HubError", "text/html"),
-    Case("skip", "page 1's _pagination.next skips page 2", lambda: [Fault("skip", page(0))],
-         "HubError", "does not follow"),
-    Case("offset", "page 2 claims another offset", lambda: [Fault("offset", page(2))],
-         "HubError", "offset 3 when asked for 2"),
-    Case("401", "the listing answers 401", lambda: [Fault("status", LISTING, status=401)],
-         "Unauthorized", "401"),
-    Case("403", "the listing answers 403 Missing or invalid credentials",
-         lambda: [Fault("status", LISTING, status=403)], "Unauthorized",
-         "Missing or invalid credentials"),
-    Case("403-scope", "the listing answers 403 requires any of [list:users]",
-         lambda: [Fault("status", LISTING, status=403, message=SCOPE_MESSAGE)],
-         "Forbidden", "list:users"),
-    Case("version-503", "the first request (GET /hub/api/) answers 503",
-         lambda: [Fault("status", r"^GET /hub/api/$", status=503)], "HubError", "answered 503"),
-    Case("token-check-500", "the token check (GET /hub/api/user) answers 500",
-         lambda: [Fault("status", r"^GET /hub/api/user$", status=500)], "HubError",
-         "answered 500"),
+    Case(
+        "reset",
+        "connection closed without an answer, on every try of page 2",
+        lambda: [Fault("reset", page(2))],
+        "HubUnreachable",
+        "RemoteProtocolError",
+    ),
+    Case(
+        "reset-once",
+        "connection closed without an answer, once",
+        lambda: [Fault("reset", page(2), times=1)],
+        None,
+    ),
+    Case(
+        "hang",
+        "page 2 never answers",
+        lambda: [Fault("hang", page(2))],
+        "HubUnreachable",
+        "did not answer in time",
+    ),
+    Case(
+        "slow-over-timeout",
+        "page 2 answers after 3s, requestTimeout 1s",
+        lambda: [Fault("slow", page(2), delay=3)],
+        "HubUnreachable",
+        "did not answer in time",
+    ),
+    Case(
+        "slow-under-timeout",
+        "page 2 answers after 0.5s, requestTimeout 2s",
+        lambda: [Fault("slow", page(2), delay=0.5)],
+        None,
+        timeout="2s",
+    ),
+    Case(
+        "500",
+        "page 2 answers 500, every try",
+        lambda: [Fault("status", page(2), status=500)],
+        "HubError",
+        "answered 500",
+    ),
+    Case(
+        "502",
+        "page 2 answers 502, every try",
+        lambda: [Fault("status", page(2), status=502)],
+        "HubError",
+        "answered 502",
+    ),
+    Case(
+        "503",
+        "page 2 answers 503, every try",
+        lambda: [Fault("status", page(2), status=503)],
+        "HubError",
+        "answered 503",
+    ),
+    Case(
+        "503-once",
+        "page 2 answers 503 once, then works",
+        lambda: [Fault("status", page(2), status=503, times=1)],
+        None,
+    ),
+    Case(
+        "429",
+        "page 2 answers 429 (Retry-After: 1), every try",
+        lambda: [Fault("status", page(2), status=429)],
+        "HubError",
+        "answered 429",
+    ),
+    Case(
+        "429-once",
+        "page 2 answers 429 (Retry-After: 1) once",
+        lambda: [Fault("status", page(2), status=429, times=1)],
+        None,
+    ),
+    Case(
+        "404",
+        "the listing answers 404",
+        lambda: [Fault("status", LISTING, status=404)],
+        "HubError",
+        "answered 404",
+    ),
+    Case(
+        "malformed",
+        "page 2 is not JSON",
+        lambda: [Fault("malformed", page(2))],
+        "HubError",
+        "malformed JSON",
+    ),
+    Case(
+        "truncated",
+        "page 2 is cut in half (valid HTTP, broken JSON)",
+        lambda: [Fault("truncate", page(2))],
+        "HubError",
+        "malformed JSON",
+    ),
+    Case(
+        "cut",
+        "the connection breaks in the middle of page 2's body",
+        lambda: [Fault("cut", page(2))],
+        "HubUnreachable",
+        "complete message body",
+    ),
+    Case(
+        "html",
+        "page 2 is an HTML page (an ingress error or login page)",
+        lambda: [Fault("html", page(2))],
+        "HubError",
+        "text/html",
+    ),
+    Case(
+        "skip",
+        "page 1's _pagination.next skips page 2",
+        lambda: [Fault("skip", page(0))],
+        "HubError",
+        "does not follow",
+    ),
+    Case(
+        "offset",
+        "page 2 claims another offset",
+        lambda: [Fault("offset", page(2))],
+        "HubError",
+        "offset 3 when asked for 2",
+    ),
+    Case(
+        "401",
+        "the listing answers 401",
+        lambda: [Fault("status", LISTING, status=401)],
+        "Unauthorized",
+        "401",
+    ),
+    Case(
+        "403",
+        "the listing answers 403 Missing or invalid credentials",
+        lambda: [Fault("status", LISTING, status=403)],
+        "Unauthorized",
+        "Missing or invalid credentials",
+    ),
+    Case(
+        "403-scope",
+        "the listing answers 403 requires any of [list:users]",
+        lambda: [Fault("status", LISTING, status=403, message=SCOPE_MESSAGE)],
+        "Forbidden",
+        "list:users",
+    ),
+    Case(
+        "version-503",
+        "the first request (GET /hub/api/) answers 503",
+        lambda: [Fault("status", r"^GET /hub/api/$", status=503)],
+        "HubError",
+        "answered 503",
+    ),
+    Case(
+        "token-check-500",
+        "the token check (GET /hub/api/user) answers 500",
+        lambda: [Fault("status", r"^GET /hub/api/user$", status=500)],
+        "HubError",
+        "answered 500",
+    ),
 ]
 
 
@@ -195,8 +304,14 @@ async def test_fault_during_listing(clean_hub: Hub, proxy: FaultProxy, case: Cas
         assert outcome.reason is None, outcome.message
         assert culled_labels(outcome) == IDLE
         assert running(await hub.running_servers()) == ACTIVE
-        note(case.id, what=case.what, reason="SweepSucceeded", took=round(took, 1),
-             culled=sorted(culled_labels(outcome)), stops=len(proxy.stops()))
+        note(
+            case.id,
+            what=case.what,
+            reason="SweepSucceeded",
+            took=round(took, 1),
+            culled=sorted(culled_labels(outcome)),
+            stops=len(proxy.stops()),
+        )
         return
     assert outcome.result is None and outcome.reason == case.reason, outcome
     assert case.says in (outcome.message or ""), outcome.message
@@ -208,8 +323,15 @@ async def test_fault_during_listing(clean_hub: Hub, proxy: FaultProxy, case: Cas
     after = await sweep_through(proxy, token, case.timeout, **case.spec)
     assert culled_labels(after) == IDLE
     assert running(await hub.running_servers()) == ACTIVE
-    note(case.id, what=case.what, reason=outcome.reason, message=outcome.message,
-         took=round(took, 1), stops_during_fault=0, culled_after=sorted(culled_labels(after)))
+    note(
+        case.id,
+        what=case.what,
+        reason=outcome.reason,
+        message=outcome.message,
+        took=round(took, 1),
+        stops_during_fault=0,
+        culled_after=sorted(culled_labels(after)),
+    )
 
 
 async def test_refused_connections(clean_hub: Hub, proxy: FaultProxy) -> None:
@@ -227,9 +349,15 @@ async def test_refused_connections(clean_hub: Hub, proxy: FaultProxy) -> None:
     assert culled_labels(after) == IDLE
     # a failed sweep keeps the counts of the last good one; the next one adds to them
     assert after.status["culledTotal"] == 3
-    note("refuse", what="connection refused (nothing listens)", reason=outcome.reason,
-         message=outcome.message, took=round(took, 1), stops_during_fault=0,
-         culled_after=sorted(culled_labels(after)))
+    note(
+        "refuse",
+        what="connection refused (nothing listens)",
+        reason=outcome.reason,
+        message=outcome.message,
+        took=round(took, 1),
+        stops_during_fault=0,
+        culled_after=sorted(culled_labels(after)),
+    )
 
 
 async def test_dropped_page_never_stops_a_server_it_did_not_see(
@@ -270,9 +398,13 @@ async def test_dropped_page_never_stops_a_server_it_did_not_see(
         proxy, token, idleTimeout="3h", capacity={"maxActiveServers": 3, "minIdle": "10m"}
     )
     assert len(full.result.culled) == 2  # the 5 left -> 3
-    note("drop", what="page 2 comes back empty with consistent _pagination",
-         reason="SweepSucceeded", culled=sorted(culled_labels(outcome)),
-         culled_after=sorted(culled_labels(after)))
+    note(
+        "drop",
+        what="page 2 comes back empty with consistent _pagination",
+        reason="SweepSucceeded",
+        culled=sorted(culled_labels(outcome)),
+        culled_after=sorted(culled_labels(after)),
+    )
 
 
 async def test_failed_stops_are_retried_by_the_next_sweep(
@@ -299,9 +431,15 @@ async def test_failed_stops_are_retried_by_the_next_sweep(
         assert culled_labels(after) == {"u3"}
         assert after.status["culledTotal"] == 3 and after.status["failedLastSweep"] == 0
         what = "answers 503" if kind == "status" else "never answers"
-        note(f"delete-{kind}", what=f"the stop of u3 {what}",
-             reason="SweepSucceeded", failed=1, error=failure.error,
-             culled=sorted(culled_labels(outcome)), culled_after=sorted(culled_labels(after)))
+        note(
+            f"delete-{kind}",
+            what=f"the stop of u3 {what}",
+            reason="SweepSucceeded",
+            failed=1,
+            error=failure.error,
+            culled=sorted(culled_labels(outcome)),
+            culled_after=sorted(culled_labels(after)),
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -342,12 +480,21 @@ async def test_hub_restart_mid_listing(hub: Hub) -> None:
         after = await sweep_through(proxy, token)
         assert culled_labels(after) == IDLE
         assert running(await hub.running_servers()) == ACTIVE
-    note("hub-restart-down", what="the Hub stops while page 2 is asked for (and stays down)",
-         reason=outcome.reason, message=outcome.message, stops_during_fault=0,
-         culled_after=sorted(culled_labels(after)))
-    note("hub-restart-up", what="the Hub restarts (about 3s) while page 2 waits",
-         reason="SweepSucceeded", took=round(took, 1),
-         would_cull=sorted(c.label for c in during.result.culled))
+    note(
+        "hub-restart-down",
+        what="the Hub stops while page 2 is asked for (and stays down)",
+        reason=outcome.reason,
+        message=outcome.message,
+        stops_during_fault=0,
+        culled_after=sorted(culled_labels(after)),
+    )
+    note(
+        "hub-restart-up",
+        what="the Hub restarts (about 3s) while page 2 waits",
+        reason="SweepSucceeded",
+        took=round(took, 1),
+        would_cull=sorted(c.label for c in during.result.culled),
+    )
 
 
 @pytest.mark.hub(extra_config=RESTARTABLE_SPAWNER_CONFIG)
@@ -370,8 +517,13 @@ async def test_hub_restart_while_stopping(hub: Hub) -> None:
         after = await sweep_through(proxy, token, previous=outcome.status)
         assert culled_labels(after) == IDLE
         assert after.status["culledTotal"] == 3
-    note("hub-restart-stopping", what="the Hub stops as the first stop goes out",
-         reason="SweepSucceeded", failed=3, culled_after=sorted(culled_labels(after)))
+    note(
+        "hub-restart-stopping",
+        what="the Hub stops as the first stop goes out",
+        reason="SweepSucceeded",
+        failed=3,
+        culled_after=sorted(culled_labels(after)),
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -384,23 +536,39 @@ OPERATOR_STEPS: list[tuple[str, Callable[[], list[Fault]], str, str]] = [
     ("503", lambda: [Fault("status", page(2), status=503)], "HubError", "answered 503"),
     ("truncated", lambda: [Fault("truncate", page(2))], "HubError", "malformed JSON"),
     ("401", lambda: [Fault("status", LISTING, status=401)], "Unauthorized", "401"),
-    ("403-scope", lambda: [Fault("status", LISTING, status=403, message=SCOPE_MESSAGE)],
-     "Forbidden", "list:users"),
+    (
+        "403-scope",
+        lambda: [Fault("status", LISTING, status=403, message=SCOPE_MESSAGE)],
+        "Forbidden",
+        "list:users",
+    ),
 ]
 
 
 @pytest.mark.k8s
 async def test_operator_keeps_serving_other_policies_and_recovers(kube: Kube, hub: Hub) -> None:
     faulty_users = {f"f{i}": (2 * HOUR if i % 2 else 60) for i in range(6)}
-    await populate(hub, {**{(u, ""): t for u, t in faulty_users.items()},
-                         ("d-idle", ""): 2 * HOUR, ("d-late", ""): 60})
+    await populate(
+        hub,
+        {
+            **{(u, ""): t for u, t in faulty_users.items()},
+            ("d-idle", ""): 2 * HOUR,
+            ("d-late", ""): 60,
+        },
+    )
     async with fault_proxy(hub.public_url) as proxy, hubcull_operator(kube) as (_, memo):
         await kube.create(secret(await hub.token(MINIMAL_SCOPES)))
-        await kube.create(cullpolicy(hub, name="direct", every="10s",
-                                     selector={"users": ["d-*"]}))
-        await kube.create(cullpolicy(proxy.api_url, name="faulty", every="10m", pageSize=2,
-                                     selector={"users": ["f*"]},
-                                     hub={"requestTimeout": "1s"}))
+        await kube.create(cullpolicy(hub, name="direct", every="10s", selector={"users": ["d-*"]}))
+        await kube.create(
+            cullpolicy(
+                proxy.api_url,
+                name="faulty",
+                every="10m",
+                pageSize=2,
+                selector={"users": ["f*"]},
+                hub={"requestTimeout": "1s"},
+            )
+        )
 
         async def status_of(name: str, check: Callable[[dict], bool]) -> dict:
             async def ready() -> dict:
@@ -426,8 +594,9 @@ async def test_operator_keeps_serving_other_policies_and_recovers(kube: Kube, hu
             await kube.patch(CULLPOLICIES, NS, "faulty", {"spec": {"concurrency": generation}})
             status = await status_of(
                 "faulty",
-                lambda s, g=generation, r=reason: s.get("observedGeneration") == g
-                and condition(s, "Ready").get("reason") == r,
+                lambda s, g=generation, r=reason: (
+                    s.get("observedGeneration") == g and condition(s, "Ready").get("reason") == r
+                ),
             )
             message = condition(status, "Ready")["message"]
             assert condition(status, "Ready")["status"] == "False" and says in message, message

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from hubcull.controller import PolicyController
-from hubcull.handlers import FINALIZER
+from hubcull.k8s.controller import PolicyController
+from hubcull.k8s.handlers import FINALIZER
 from tests.support.faultproxy import Fault, FaultProxy, Seen, fault_proxy
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.kube import Kube, SubprocessOperator, run_operator_process
@@ -137,8 +137,13 @@ async def test_two_peered_operators_exactly_one_sweeps_and_the_other_takes_over(
                     assert await hub.running_servers() == {("busy2", "")}
         # at any time one operator swept; every server was stopped once
         owners = sweepers()
-        print("sweeps by operator:", [{a.process.pid: "A", b.process.pid: "B",
-                                       c.process.pid: "C"}.get(p, "?") for p in owners])
+        print(
+            "sweeps by operator:",
+            [
+                {a.process.pid: "A", b.process.pid: "B", c.process.pid: "C"}.get(p, "?")
+                for p in owners
+            ],
+        )
         assert stops_per_server(proxy) == {
             "/hub/api/users/idle1/server": 1,
             "/hub/api/users/busy1/server": 1,
@@ -219,8 +224,11 @@ def body(last: str | None, generation: int = 2, observed: int | None = 2, **spec
         status["lastSweepTime"] = last
     return {
         "metadata": {"generation": generation},
-        "spec": {"hub": {"url": "http://hub:8081/hub/api", "tokenSecretRef": TOKEN_REF},
-                 "every": "10m", **spec},
+        "spec": {
+            "hub": {"url": "http://hub:8081/hub/api", "tokenSecretRef": TOKEN_REF},
+            "every": "10m",
+            **spec,
+        },
         "status": status,
     }
 

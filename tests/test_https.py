@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trustme
 
-from hubcull.engine import sweep_policy
+from hubcull.engine.runner import sweep_policy
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.scenario import culled_labels, policy_for, populate
 from tests.support.tls import tls_terminator

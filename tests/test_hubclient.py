@@ -9,7 +9,7 @@ import json
 import httpx
 import pytest
 
-from hubcull.hubclient import HubAPIError, HubClient, HubError, HubUnreachable
+from hubcull.engine.hubclient import HubAPIError, HubClient, HubError, HubUnreachable
 
 URL = "http://hub.test/hub/api"
 
@@ -117,7 +117,7 @@ async def test_a_plain_list_or_a_broken_page_is_an_error_not_a_partial_listing()
 async def test_version_and_scopes_are_remembered_for_a_while_and_forgotten_on_403(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import hubcull.hubclient as hubclient
+    import hubcull.engine.hubclient as hubclient
 
     now = [1000.0]
     monkeypatch.setattr(hubclient.time, "monotonic", lambda: now[0])

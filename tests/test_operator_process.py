@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hubcull.handlers import FINALIZER
+from hubcull.k8s.handlers import FINALIZER
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.kube import Kube, run_operator_process
 from tests.support.operator_env import (

@@ -160,9 +160,11 @@ async def test_token_appears_nowhere(
     assert len(debug_logs.lines) > 100 and "DEBUG kopf" in logs and "DEBUG httpcore" in logs
     for value in (token, canary):
         assert_absent(value, "the logs", logs)
-        assert_absent(value, "the operator thread's records", "\n".join(
-            f"{r.getMessage()} {r.exc_text or ''}" for r in operator.records
-        ))
+        assert_absent(
+            value,
+            "the operator thread's records",
+            "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in operator.records),
+        )
         assert_absent(value, "events", yaml.safe_dump(events))
         assert_absent(value, "status and annotations", yaml.safe_dump(policies))
         assert_absent(value, "stored objects", yaml.safe_dump(stored))
@@ -183,8 +185,9 @@ async def test_token_not_in_debug_output_of_hubcull_run_and_sweep(
         await kube.create(cullpolicy(hub, name="good", every="10s"))
         await kube.create(cullpolicy(echo.api_url, name="echo", every="10s"))
         log = tmp_path / "run.log"
-        async with run_operator_process(kube, [HUBCULL, "-vv", "run", "--namespace", NS],
-                                        log_path=log):
+        async with run_operator_process(
+            kube, [HUBCULL, "-vv", "run", "--namespace", NS], log_path=log
+        ):
 
             async def both_swept() -> bool:
                 good = await policy_status(kube, "good")
@@ -206,8 +209,16 @@ async def test_token_not_in_debug_output_of_hubcull_run_and_sweep(
         env = {**os.environ, "JUPYTERHUB_API_TOKEN": token}
         for extra in ([], ["--token-file", str(token_file)]):
             proc = await asyncio.create_subprocess_exec(
-                HUBCULL, "-vv", "sweep", "-f", str(manifest), "--once", *extra,
-                env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                HUBCULL,
+                "-vv",
+                "sweep",
+                "-f",
+                str(manifest),
+                "--once",
+                *extra,
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
             )
             out, err = await asyncio.wait_for(proc.communicate(), 60)
             assert proc.returncode == 1, err.decode()
@@ -305,14 +316,17 @@ async def exercise_operator(
         args = [*args, "--peering", "hubcull", "--priority", "1"]
     await kube.create(secret("not-a-real-token"))
     await kube.create(secret("not-a-pem-bundle", name="hub-ca", key="ca.crt"))
-    with_ca = cullpolicy("https://127.0.0.1:9/hub/api", name="with-ca", every="10s",
-                         hub={"caSecretRef": {"name": "hub-ca", "key": "ca.crt"}})
+    with_ca = cullpolicy(
+        "https://127.0.0.1:9/hub/api",
+        name="with-ca",
+        every="10s",
+        hub={"caSecretRef": {"name": "hub-ca", "key": "ca.crt"}},
+    )
     await kube.create(with_ca)  # InvalidSpec: the CA bundle is no PEM
     env = {"KUBECONFIG": str(operator_kubeconfig(kube, tmp_path / "operator-kubeconfig"))}
     async with (
         fault_proxy("http://127.0.0.1:9") as refusing,  # a "Hub" that answers 401 at once
-        run_operator_process(kube, [HUBCULL, "run", *args], log_path=tmp_path / "op.log",
-                             env=env),
+        run_operator_process(kube, [HUBCULL, "run", *args], log_path=tmp_path / "op.log", env=env),
     ):
         refusing.inject(Fault("status", status=401))
         await kube.create(cullpolicy(refusing.api_url, name="plain", every="10s"))
@@ -355,15 +369,24 @@ MODES = {
     # id: (hubcull run args, peering, chart values, deploy/rbac file, expected rules)
     "namespaced": (["--namespace", NS], False, {}, "role.yaml", CORE),
     "namespaced-peering": (
-        ["--namespace", NS], True, {"peering": {"enabled": True}}, None, CORE | PEERING,
+        ["--namespace", NS],
+        True,
+        {"peering": {"enabled": True}},
+        None,
+        CORE | PEERING,
     ),
     "all-namespaces": (
-        ["--all-namespaces"], False, {"watch": {"allNamespaces": True}}, "clusterrole.yaml",
+        ["--all-namespaces"],
+        False,
+        {"watch": {"allNamespaces": True}},
+        "clusterrole.yaml",
         CORE | CRD_SCAN,
     ),
     "all-namespaces-peering": (
-        ["--all-namespaces"], True,
-        {"watch": {"allNamespaces": True}, "peering": {"enabled": True}}, None,
+        ["--all-namespaces"],
+        True,
+        {"watch": {"allNamespaces": True}, "peering": {"enabled": True}},
+        None,
         CORE | CRD_SCAN | CLUSTER_PEERING,
     ),
 }
@@ -408,7 +431,8 @@ async def test_a_policy_cannot_read_another_namespaces_secret(kube: Kube) -> Non
         status = await kube.wait_for(reported, timeout=30)
     assert "not in namespace team-a" in condition(status, "Ready")["message"]
     secret_reads = [
-        (r.method, r.namespace, r.name) for r in list(kube.emulator)
+        (r.method, r.namespace, r.name)
+        for r in list(kube.emulator)
         if r.resource is not None and r.resource.plural == "secrets" and r.method != "POST"
     ]
     assert secret_reads and set(secret_reads) == {("GET", "team-a", "hub-b")}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from hubcull.decisions import ServerDecision
-from hubcull.policy import Safety
-from hubcull.status import set_condition, status_after_failure, status_after_sweep
-from hubcull.sweep import CullRecord, SweepResult
+from hubcull.engine.decisions import ServerDecision
+from hubcull.engine.policy import Safety
+from hubcull.engine.status import set_condition, status_after_failure, status_after_sweep
+from hubcull.engine.sweep import CullRecord, SweepResult
 from tests.support.scenario import policy_for
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=timezone.utc)

@@ -14,10 +14,10 @@ from typing import Any
 
 import yaml
 
-from .durations import format_duration
-from .engine import HubConnection, SweepOutcome, TokenError, clean_token, sweep_policy
-from .policy import Policy, PolicyError, parse_spec
-from .status import describe_cull
+from .engine.durations import format_duration
+from .engine.policy import Policy, PolicyError, parse_spec
+from .engine.runner import HubConnection, SweepOutcome, TokenError, clean_token, sweep_policy
+from .engine.status import describe_cull
 
 TOKEN_ENV = "JUPYTERHUB_API_TOKEN"
 
@@ -195,9 +195,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "sweep":
             return sweep_command(args)
-        from .operator_main import run_operator
+        # imported here: kopf (and the Kubernetes client it brings) takes seconds to import
+        from .k8s.main import OperatorConfigError, run_operator
 
-        return run_operator(args)
+        try:
+            return run_operator(args)
+        except OperatorConfigError as exc:
+            raise CLIError(str(exc)) from None
     except CLIError as exc:
         print(f"hubcull: {exc}", file=sys.stderr)
         return exc.code

@@ -238,11 +238,7 @@ class FaultProxy:
 
     def stops(self, since: int = 0) -> list[Seen]:
         """DELETE requests that reached the Hub and that it accepted (202/204)."""
-        return [
-            s
-            for s in self.requests("^DELETE ", since)
-            if s.upstream_status in (202, 204)
-        ]
+        return [s for s in self.requests("^DELETE ", since) if s.upstream_status in (202, 204)]
 
     # -- listening ------------------------------------------------------------------------------
     async def start(self) -> None:

@@ -9,8 +9,8 @@ from typing import Any
 
 import kopf
 
-from hubcull import handlers
-from hubcull.metrics import Metrics
+from hubcull.k8s import handlers
+from hubcull.k8s.metrics import Metrics
 from tests.support.jhub import Hub
 from tests.support.kube import InProcessOperator, Kube, run_operator
 from tests.support.scenario import TOKEN_REF, spec_for

@@ -7,9 +7,9 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from hubcull.engine import SweepOutcome, sweep_policy
-from hubcull.policy import Policy, parse_spec
-from hubcull.sweep import Clock, utcnow
+from hubcull.engine.policy import Policy, parse_spec
+from hubcull.engine.runner import SweepOutcome, sweep_policy
+from hubcull.engine.sweep import Clock, utcnow
 from tests.support.jhub import Hub
 
 TOKEN_REF = {"name": "hub", "key": "hub.services.hubcull.apiToken"}

@@ -1,7 +1,7 @@
 """One sweep: list a complete snapshot of the Hub, decide, then act concurrently.
 
 Nothing is stopped or deleted unless the whole listing succeeded: a failed or partial read
-raises before :func:`~hubcull.decisions.decide` runs.
+raises before :func:`~hubcull.engine.decisions.decide` runs.
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ async def execute(
 
 
 async def run_sweep(policy: Policy, client: HubClient, clock: Clock = utcnow) -> SweepResult:
-    """List, decide and act once. Raises :class:`~hubcull.hubclient.HubAPIError` (and culls
+    """List, decide and act once. Raises :class:`~hubcull.engine.hubclient.HubAPIError` (and culls
     nothing) when the Hub cannot be read completely."""
     started = clock()
     t0 = time.monotonic()

@@ -62,11 +62,7 @@ async def operate(
 
 
 def run_operator(args: argparse.Namespace) -> int:
-    """Entry point of ``hubcull run``."""
-    try:
-        asyncio.run(operate(args))
-    except OperatorConfigError as exc:
-        from .cli import CLIError
-
-        raise CLIError(str(exc)) from None
+    """Entry point of ``hubcull run``. Raises :class:`OperatorConfigError` for arguments it
+    cannot start with."""
+    asyncio.run(operate(args))
     return 0

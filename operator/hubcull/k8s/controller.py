@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .durations import format_duration
-from .engine import (
+from ..engine.durations import format_duration
+from ..engine.policy import DEFAULT_EVERY_SECONDS, Policy, PolicyError, parse_spec
+from ..engine.runner import (
     HubConnection,
     SweepOutcome,
     TokenError,
@@ -21,11 +22,10 @@ from .engine import (
     suspended,
     sweep_policy,
 )
+from ..engine.status import describe_cull, throttle_message
+from ..engine.sweep import Clock, utcnow
 from .kubeapi import KubeAPI, KubeError
 from .metrics import Metrics
-from .policy import DEFAULT_EVERY_SECONDS, Policy, PolicyError, parse_spec
-from .status import describe_cull, throttle_message
-from .sweep import Clock, utcnow
 
 log = logging.getLogger(__name__)
 
