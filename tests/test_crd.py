@@ -19,6 +19,7 @@ import pytest
 import re2
 import yaml
 
+from hubcull.engine.policy import parse_spec
 from tests.support import crd as K
 
 API_VERSION = "hubcull.io/v1alpha1"
@@ -88,7 +89,49 @@ CONTRACT_SPEC_FIELDS: dict[str, str] = {
     "pageSize": "integer",
     "dryRun": "boolean",
     "suspend": "boolean",
+    "kernels": "object",
+    "kernels.protectBusy": "boolean",
+    "kernels.maxBusy": "duration",
+    "kernels.idleFrom": "string",
+    "kernels.via": "string",
+    "kernels.proxyURL": "string",
+    "kernels.timeout": "duration",
+    "usage": "object",
+    "usage.prometheus": "object",
+    "usage.prometheus.url": "string",
+    "usage.prometheus.tokenSecretRef": "object",
+    "usage.prometheus.tokenSecretRef.name": "string",
+    "usage.prometheus.tokenSecretRef.key": "string",
+    "usage.prometheus.caSecretRef": "object",
+    "usage.prometheus.caSecretRef.name": "string",
+    "usage.prometheus.caSecretRef.key": "string",
+    "usage.window": "duration",
+    "usage.busyCPU": "number",
+    "usage.busyGPU": "number",
+    "usage.cullIdleGPU": "boolean",
+    "usage.queries": "object",
+    "usage.queries.cpu": "string",
+    "usage.queries.gpu": "string",
+    "warn": "object",
+    "warn.before": "duration",
+    "warn.webhook": "object",
+    "warn.webhook.urlSecretRef": "object",
+    "warn.webhook.urlSecretRef.name": "string",
+    "warn.webhook.urlSecretRef.key": "string",
 }
+
+#: Optional feature blocks: absent means off, so they are not defaulted to {} themselves
+#: (their fields are defaulted once the block is there).
+OPT_IN_BLOCKS = ("kernels", "usage", "warn")
+
+#: Every Secret reference in the spec.
+SECRET_REFS = (
+    "hub.tokenSecretRef",
+    "hub.caSecretRef",
+    "usage.prometheus.tokenSecretRef",
+    "usage.prometheus.caSecretRef",
+    "warn.webhook.urlSecretRef",
+)
 
 DURATION_FIELDS = [path for path, kind in CONTRACT_SPEC_FIELDS.items() if kind == "duration"]
 
@@ -99,6 +142,8 @@ NUMERIC_LIMITS: dict[str, tuple[int, int | None]] = {
     "capacity.maxActiveServers": (0, None),
     "concurrency": (1, 100),
     "pageSize": (1, 1000),
+    "usage.busyCPU": (0, None),
+    "usage.busyGPU": (0, 100),
 }
 
 #: `kubectl get cullpolicies` columns, as in the contract.
@@ -128,6 +173,23 @@ CEL_MESSAGES = {
     "every": "every must be at least 10s",
     "remove_named": "servers.removeNamed needs servers.named to be true",
     "include_admins": "users.includeAdmins needs users.cull to be true",
+    "kernels_nothing": (
+        "spec.kernels does nothing: set kernels.protectBusy to true or kernels.idleFrom to kernels"
+    ),
+    "max_busy": "kernels.maxBusy needs kernels.protectBusy to be true",
+    "proxy_url": (
+        "kernels.via proxy needs kernels.proxyURL, the Hub's public URL such as"
+        " http://proxy-public.jhub.svc"
+    ),
+    "kernels_timeout": "kernels.timeout must be between 1s and 60s",
+    "usage_nothing": (
+        "spec.usage does nothing: set usage.busyCPU, usage.busyGPU or usage.cullIdleGPU"
+    ),
+    "window": "usage.window must be at least 1m",
+    "idle_gpu": (
+        "usage.cullIdleGPU needs idleTimeout: a GPU must stay idle that long before its server"
+        " is stopped"
+    ),
 }
 
 EXAMPLES = [
@@ -293,12 +355,16 @@ def test_spec_fields_are_exactly_the_contract(schema: dict[str, Any]) -> None:
 
 
 def test_required_fields(schema: dict[str, Any]) -> None:
-    """spec, spec.hub, hub.url, hub.tokenSecretRef and its name and key are required."""
+    """spec, spec.hub, hub.url, hub.tokenSecretRef and its name and key are required; so are
+    usage.prometheus and its url, and a webhook's urlSecretRef."""
     assert schema["required"] == ["spec"]
     assert K.schema_at(schema, "spec")["required"] == ["hub"]
     assert K.schema_at(schema, "spec.hub")["required"] == ["url", "tokenSecretRef"]
-    for ref in ("tokenSecretRef", "caSecretRef"):
-        assert K.schema_at(schema, f"spec.hub.{ref}")["required"] == ["name", "key"]
+    for ref in SECRET_REFS:
+        assert K.schema_at(schema, f"spec.{ref}")["required"] == ["name", "key"]
+    assert K.schema_at(schema, "spec.usage")["required"] == ["prometheus"]
+    assert K.schema_at(schema, "spec.usage.prometheus")["required"] == ["url"]
+    assert K.schema_at(schema, "spec.warn.webhook")["required"] == ["urlSecretRef"]
 
 
 @pytest.mark.parametrize("path", DURATION_FIELDS)
@@ -355,9 +421,9 @@ def test_name_lists_are_sets_of_bounded_strings(schema: dict[str, Any]) -> None:
 
 def test_secret_ref_patterns(schema: dict[str, Any]) -> None:
     """Secret names are DNS subdomains, keys are Secret data keys."""
-    for ref in ("tokenSecretRef", "caSecretRef"):
-        name = K.schema_at(schema, f"spec.hub.{ref}.name")
-        key = K.schema_at(schema, f"spec.hub.{ref}.key")
+    for ref in SECRET_REFS:
+        name = K.schema_at(schema, f"spec.{ref}.name")
+        key = K.schema_at(schema, f"spec.{ref}.key")
         assert name["maxLength"] == 253 and name["minLength"] == 1
         assert key["pattern"] == r"^[-._a-zA-Z0-9]+$"
         for good in ("hub", "hub-ca", "my.hub-token"):
@@ -400,7 +466,9 @@ def test_every_object_with_defaults_below_it_is_defaulted_itself(schema: dict[st
         has_defaulted_child = any("default" in p for p in node.get("properties", {}).values())
         parent = K.schema_at(spec_schema, path.rpartition(".")[0]) if "." in path else spec_schema
         required = path.rpartition(".")[2] in parent.get("required", [])
-        if has_defaulted_child and not required:
+        if path in OPT_IN_BLOCKS:
+            assert "default" not in node, f"{path} is opt-in: absent must stay absent"
+        elif has_defaulted_child and not required:
             assert node.get("default") == {}, path
 
 
@@ -433,6 +501,40 @@ def test_partial_objects_get_the_remaining_defaults() -> None:
     assert admission.obj["spec"]["safety"] == {"maxCullsPerSweep": 0, "maxCullPercent": 10}
 
 
+#: The least that switches each opt-in block on (a block that does nothing is refused).
+SWITCH_ON: dict[str, dict[str, Any]] = {
+    "kernels": {"protectBusy": True},
+    "usage": {"prometheus": {"url": "http://prometheus:9090"}, "busyCPU": 1},
+    "warn": {},
+}
+
+
+@pytest.mark.parametrize("block", OPT_IN_BLOCKS)
+def test_opt_in_blocks_default_to_the_contract(block: str) -> None:
+    """A block with only what switches it on gets the contract's defaults for the rest, and
+    the engine reads the same policy from it with and without the CRD's defaulting."""
+    documented = next(
+        b["spec"][block]
+        for b in contract_yaml_blocks()
+        if b and set(b) == {"spec"} and block in b["spec"]
+    )
+    expected = patched(SWITCH_ON[block], documented)
+    expected.get("prometheus", {}).pop("tokenSecretRef", None)  # optional, no default
+    expected.get("prometheus", {}).pop("caSecretRef", None)
+    expected.pop("webhook", None)
+    admission = K.admit(patched(spec(**{block: SWITCH_ON[block]})))
+    assert admission.accepted, admission.explain()
+    assert admission.obj["spec"][block] == expected
+    raw = patched(spec(**{block: SWITCH_ON[block]}))["spec"]
+    assert parse_spec(raw) == parse_spec(admission.obj["spec"])
+
+
+def test_absent_opt_in_blocks_stay_absent() -> None:
+    """Without kernels, usage or warn in the manifest, the API server adds none of them."""
+    defaulted = K.admit(minimal_policy()).obj["spec"]
+    assert not set(OPT_IN_BLOCKS) & set(defaulted)
+
+
 # --------------------------------------------------------------------------- CEL rules
 
 
@@ -454,6 +556,13 @@ def test_cel_rule_locations(schema: dict[str, Any]) -> None:
         CEL_MESSAGES["every"]: "spec.every",
         CEL_MESSAGES["remove_named"]: "spec.servers",
         CEL_MESSAGES["include_admins"]: "spec.users",
+        CEL_MESSAGES["kernels_nothing"]: "spec.kernels",
+        CEL_MESSAGES["max_busy"]: "spec.kernels",
+        CEL_MESSAGES["proxy_url"]: "spec.kernels",
+        CEL_MESSAGES["kernels_timeout"]: "spec.kernels.timeout",
+        CEL_MESSAGES["usage_nothing"]: "spec.usage",
+        CEL_MESSAGES["window"]: "spec.usage.window",
+        CEL_MESSAGES["idle_gpu"]: "spec",
     }
 
 
@@ -944,6 +1053,159 @@ BAD_POLICIES: list[Bad] = [
         "cel",
         "spec",
         CEL_MESSAGES["no_gate"],
+    ),  # spec.kernels
+    Bad(
+        "kernels-does-nothing",
+        spec(kernels={}),
+        "cel",
+        "spec.kernels",
+        CEL_MESSAGES["kernels_nothing"],
+    ),
+    Bad(
+        "kernels-maxBusy-without-protectBusy",
+        spec(kernels={"idleFrom": "kernels", "maxBusy": "4h"}),
+        "cel",
+        "spec.kernels",
+        CEL_MESSAGES["max_busy"],
+    ),
+    Bad(
+        "kernels-proxy-without-proxyURL",
+        spec(kernels={"protectBusy": True, "via": "proxy"}),
+        "cel",
+        "spec.kernels",
+        CEL_MESSAGES["proxy_url"],
+    ),
+    Bad(
+        "kernels-idleFrom-unknown",
+        spec(kernels={"idleFrom": "cpu"}),
+        "schema",
+        "spec.kernels.idleFrom",
+        "enum",
+    ),
+    Bad(
+        "kernels-via-unknown",
+        spec(kernels={"protectBusy": True, "via": "service"}),
+        "schema",
+        "spec.kernels.via",
+        "enum",
+    ),
+    Bad(
+        "kernels-proxyURL-no-scheme",
+        spec(kernels={"protectBusy": True, "via": "proxy", "proxyURL": "proxy-public"}),
+        "schema",
+        "spec.kernels.proxyURL",
+        "pattern",
+    ),
+    Bad(
+        "kernels-timeout-too-long",
+        spec(kernels={"protectBusy": True, "timeout": "2m"}),
+        "cel",
+        "spec.kernels.timeout",
+        CEL_MESSAGES["kernels_timeout"],
+    ),
+    Bad(
+        "kernels-timeout-zero",
+        spec(kernels={"protectBusy": True, "timeout": 0}),
+        "cel",
+        "spec.kernels.timeout",
+        CEL_MESSAGES["kernels_timeout"],
+    ),
+    Bad(
+        "kernels-protectBusy-string",
+        spec(kernels={"protectBusy": "yes"}),
+        "schema",
+        "spec.kernels.protectBusy",
+        "type",
+    ),
+    # spec.usage
+    Bad(
+        "usage-without-prometheus",
+        spec(usage={"busyCPU": 1}),
+        "schema",
+        "spec.usage",
+        "required",
+    ),
+    Bad(
+        "usage-does-nothing",
+        spec(usage={"prometheus": {"url": "http://prometheus:9090"}}),
+        "cel",
+        "spec.usage",
+        CEL_MESSAGES["usage_nothing"],
+    ),
+    Bad(
+        "usage-window-under-a-minute",
+        spec(usage={"prometheus": {"url": "http://p:9090"}, "busyCPU": 1, "window": "30s"}),
+        "cel",
+        "spec.usage.window",
+        CEL_MESSAGES["window"],
+    ),
+    Bad(
+        "usage-busyGPU-over-100",
+        spec(usage={"prometheus": {"url": "http://p:9090"}, "busyGPU": 101}),
+        "schema",
+        "spec.usage.busyGPU",
+        "maximum",
+    ),
+    Bad(
+        "usage-busyCPU-negative",
+        spec(usage={"prometheus": {"url": "http://p:9090"}, "busyCPU": -0.5}),
+        "schema",
+        "spec.usage.busyCPU",
+        "minimum",
+    ),
+    Bad(
+        "usage-busyCPU-quantity-string",
+        spec(usage={"prometheus": {"url": "http://p:9090"}, "busyCPU": "500m"}),
+        "schema",
+        "spec.usage.busyCPU",
+        "type",
+    ),
+    Bad(
+        "usage-prometheus-url-no-scheme",
+        spec(usage={"prometheus": {"url": "prometheus:9090"}, "busyCPU": 1}),
+        "schema",
+        "spec.usage.prometheus.url",
+        "pattern",
+    ),
+    Bad(
+        "usage-empty-query",
+        spec(usage={"prometheus": {"url": "http://p:9090"}, "busyCPU": 1, "queries": {"cpu": ""}}),
+        "schema",
+        "spec.usage.queries.cpu",
+        "minLength",
+    ),
+    Bad(
+        "usage-cullIdleGPU-without-idleTimeout",
+        spec(
+            idleTimeout=0,
+            maxAge="1d",
+            usage={"prometheus": {"url": "http://p:9090"}, "cullIdleGPU": True},
+        ),
+        "cel",
+        "spec",
+        CEL_MESSAGES["idle_gpu"],
+    ),
+    # spec.warn
+    Bad(
+        "warn-before-negative",
+        spec(warn={"before": -60}),
+        "schema",
+        "spec.warn.before",
+        "minimum",
+    ),
+    Bad(
+        "warn-webhook-without-secret",
+        spec(warn={"before": "10m", "webhook": {}}),
+        "schema",
+        "spec.warn.webhook",
+        "required",
+    ),
+    Bad(
+        "warn-webhook-url-inline",
+        spec(warn={"before": "10m", "webhook": {"url": "https://hooks.slack.com/x"}}),
+        "schema",
+        "spec.warn.webhook",
+        "required",
     ),
 ]
 
@@ -1006,6 +1268,14 @@ def test_unknown_fields_are_pruned_without_strict_validation() -> None:
             }
         },
         {"spec": {"hub": {"caSecretRef": {"name": "hub-ca", "key": "ca.crt"}}}},
+        spec(kernels={"protectBusy": True, "maxBusy": "12h", "timeout": 1}),
+        spec(kernels={"idleFrom": "kernels", "via": "proxy", "proxyURL": "http://proxy-public"}),
+        spec(kernels={"protectBusy": True, "timeout": "60s"}),
+        spec(usage={"prometheus": {"url": "http://p:9090"}, "busyGPU": 100, "window": "1m"}),
+        spec(usage={"prometheus": {"url": "https://p"}, "busyCPU": 0.25, "window": 60}),
+        spec(idleTimeout="20m", usage={"prometheus": {"url": "http://p"}, "cullIdleGPU": True}),
+        spec(warn={"before": "10m", "webhook": {"urlSecretRef": {"name": "hook", "key": "url"}}}),
+        spec(warn={"before": 0}),
     ],
     ids=[
         "idle-off-maxAge-on",
@@ -1021,6 +1291,14 @@ def test_unknown_fields_are_pruned_without_strict_validation() -> None:
         "https-no-timeout",
         "https-ca",
         "http-with-ca-as-in-the-contract",
+        "kernels-protect-busy-bounds",
+        "kernels-idle-from-kernels-via-proxy",
+        "kernels-timeout-upper-bound",
+        "usage-gpu-bounds",
+        "usage-fraction-of-a-core",
+        "usage-cull-idle-gpu",
+        "warn-with-webhook",
+        "warn-off",
     ],
 )
 def test_good_edge_cases_are_accepted(patch: dict[str, Any]) -> None:
@@ -1075,6 +1353,9 @@ def full_status() -> dict[str, Any]:
         "culledTotal": 345,
         "usersCulledTotal": 3,
         "failedLastSweep": 0,
+        "serversProtected": 2,
+        "probeFailedLastSweep": 0,
+        "warnedLastSweep": 1,
         "recentCulls": [
             {
                 "user": "alice",

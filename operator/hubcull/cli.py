@@ -15,8 +15,16 @@ from typing import Any
 import yaml
 
 from .engine.durations import format_duration
+from .engine.memory import SweepMemory
 from .engine.policy import Policy, PolicyError, parse_spec
-from .engine.runner import HubConnection, SweepOutcome, TokenError, clean_token, sweep_policy
+from .engine.runner import (
+    NEEDS_OPERATOR,
+    HubConnection,
+    SweepOutcome,
+    TokenError,
+    clean_token,
+    sweep_policy,
+)
 from .engine.status import describe_cull
 
 TOKEN_ENV = "JUPYTERHUB_API_TOKEN"
@@ -43,9 +51,12 @@ def load_manifest(path: str) -> tuple[str, Policy]:
         if isinstance(doc, dict) and doc.get("kind") == "CullPolicy":
             name = str((doc.get("metadata") or {}).get("name", "cullpolicy"))
             try:
-                return name, parse_spec(doc.get("spec"))
+                policy = parse_spec(doc.get("spec"))
             except PolicyError as exc:
                 raise CLIError(f"{path}: invalid CullPolicy {name}: {exc}") from None
+            if policy.needs_pods:
+                raise CLIError(f"{path}: CullPolicy {name}: {NEEDS_OPERATOR}")
+            return name, policy
     raise CLIError(f"{path} has no CullPolicy (kind: CullPolicy)")
 
 
@@ -92,6 +103,10 @@ def decision_lines(outcome: SweepOutcome) -> list[str]:
         verb = "WOULD    delete" if u.dry_run else ("FAILED   delete" if u.error else "DELETED ")
         tail = f": {u.error}" if u.error else ""
         lines.append(f"{verb} user {u.user} (idle {format_duration(u.idle_seconds)}){tail}")
+    for p in result.protected:
+        lines.append(f"KEEP     {p.label}: {p.why}")
+    for f in result.probe_failures:
+        lines.append(f"UNKNOWN  {f.label}: probe failed ({f.result}: {f.detail}); the Hub decides")
     if not lines:
         lines.append(
             f"nothing to cull: {result.running} running servers in scope, none over a limit"
@@ -122,10 +137,16 @@ def _read_ca(path: str | None) -> str | None:
 async def _sweep_loop(name: str, policy: Policy, token: str, ca_pem: str | None, once: bool) -> int:
     status: dict[str, Any] | None = None
     connection = HubConnection()
+    memory = SweepMemory()
     try:
         while True:
             outcome = await sweep_policy(
-                policy, token, previous=status, ca_pem=ca_pem, connection=connection
+                policy,
+                token,
+                previous=status,
+                ca_pem=ca_pem,
+                connection=connection,
+                memory=memory,
             )
             print_outcome(name, outcome)
             status = outcome.status

@@ -1,7 +1,8 @@
-"""The pure decision step: (policy, Hub snapshot, now) -> what to stop, remove and delete.
+"""The pure decision step: (policy, Hub snapshot, signals, now) -> what to stop, remove, delete.
 
-Nothing here talks to the Hub or reads a clock, so every rule can be tested on its own and
-``hubcull sweep`` and the operator decide identically.
+Nothing here talks to the Hub or a server or reads a clock, so every rule can be tested on its
+own and ``hubcull sweep`` and the operator decide identically. What the servers themselves say
+(kernel probes) is gathered before and comes in as :mod:`~hubcull.engine.signals`.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
+from .durations import format_duration
 from .hubmodel import Server, Snapshot, User
 from .policy import Policy
 from .selection import server_in_scope, user_in_scope_for_deletion
+from .signals import ServerSignals, Signals
 
 Reason = Literal["idle", "maxAge", "capacity"]
+IdleSource = Literal["hub", "kernels"]
 
 
 @dataclass(frozen=True)
@@ -28,11 +32,38 @@ class ServerDecision:
     age_seconds: float | None
     remove: bool = False
     already_stopped: bool = False
+    idle_from: IdleSource = "hub"
 
     @property
     def label(self) -> str:
         """``user/server``, or just ``user`` for a default server."""
         return f"{self.user}/{self.server}" if self.server else self.user
+
+
+@dataclass(frozen=True)
+class Protection:
+    """A server kept although a limit (idleness or capacity) would stop it; ``why`` says
+    what it is doing (``kernel busy for 2h10m``)."""
+
+    user: str
+    server: str
+    why: str
+
+    @property
+    def label(self) -> str:
+        """``user/server``, or just ``user`` for a default server."""
+        return f"{self.user}/{self.server}" if self.server else self.user
+
+
+@dataclass(frozen=True)
+class _Running:
+    """A running server in scope, as this sweep judges it."""
+
+    server: Server
+    idle: float | None
+    age: float | None
+    idle_from: IdleSource
+    protection: str | None
 
 
 @dataclass(frozen=True)
@@ -56,6 +87,7 @@ class Plan:
     held_back: list[ServerDecision] = field(default_factory=list)
     removals: list[ServerDecision] = field(default_factory=list)
     user_deletions: list[UserDecision] = field(default_factory=list)
+    protected: list[Protection] = field(default_factory=list)
 
     @property
     def over_limit(self) -> int:
@@ -79,32 +111,76 @@ def idle_seconds(server: Server, now: datetime) -> float | None:
     return _seconds_since(now, server.last_activity or server.started)
 
 
-def _limit_reason(policy: Policy, idle: float | None, age: float | None) -> Reason | None:
-    if policy.idle_timeout > 0 and idle is not None and idle >= policy.idle_timeout:
+def judged_idle(
+    policy: Policy, server: Server, signals: ServerSignals | None, now: datetime
+) -> tuple[float | None, IdleSource]:
+    """A server's idle seconds and where they come from: its kernels and terminals with
+    ``kernels.idleFrom: kernels`` when a probe saw any, else the Hub's ``last_activity``."""
+    kernels = signals.kernels if signals is not None else None
+    if (
+        policy.kernels is not None
+        and policy.kernels.idle_from == "kernels"
+        and kernels is not None
+        and kernels.last_activity is not None
+    ):
+        seen_at = kernels.seen_at or now
+        return max(0.0, (seen_at - kernels.last_activity).total_seconds()), "kernels"
+    return idle_seconds(server, now), "hub"
+
+
+def protection(policy: Policy, signals: ServerSignals | None) -> str | None:
+    """Why a server must not be stopped for idleness or capacity (``None``: nothing keeps it).
+
+    With ``kernels.protectBusy`` a busy kernel keeps its server unless it has been busy and
+    silent longer than ``kernels.maxBusy``.
+    """
+    kernels = policy.kernels
+    activity = signals.kernels if signals is not None else None
+    if kernels is None or not kernels.protect_busy or activity is None:
+        return None
+    busy = activity.busy_silent_seconds
+    if busy is None or (kernels.max_busy > 0 and busy > kernels.max_busy):
+        return None
+    return f"kernel busy for {format_duration(busy)}"
+
+
+def _limit_reason(policy: Policy, item: _Running) -> Reason | None:
+    if _over_idle_timeout(policy, item) and item.protection is None:
         return "idle"
-    if policy.max_age > 0 and age is not None and age >= policy.max_age:
-        return "maxAge"
+    if policy.max_age > 0 and item.age is not None and item.age >= policy.max_age:
+        return "maxAge"  # a hard limit: a busy kernel does not keep a server past it
     return None
 
 
-def _capacity_culls(
-    policy: Policy, remaining: list[tuple[Server, float | None, float | None]]
-) -> list[ServerDecision]:
-    """The longest-idle servers (each idle at least ``minIdle``) above the capacity limit."""
+def _capacity_pick(policy: Policy, remaining: list[_Running], protect: bool) -> list[_Running]:
+    """The longest-idle servers (each idle at least ``minIdle``) above the capacity limit;
+    with ``protect``, protected servers are never picked."""
     limit = policy.capacity.max_active_servers
     excess = len(remaining) - limit
     if limit <= 0 or excess <= 0:
         return []
     pool = [
-        (server, idle, age)
-        for server, idle, age in remaining
-        if idle is not None and idle >= policy.capacity.min_idle
+        item
+        for item in remaining
+        if item.idle is not None
+        and item.idle >= policy.capacity.min_idle
+        and not (protect and item.protection)
     ]
-    pool.sort(key=lambda item: (-item[1], item[0].user, item[0].name))
-    return [
-        ServerDecision(s.user, s.name, "capacity", idle, age, remove=_removes(policy, s))
-        for s, idle, age in pool[:excess]
-    ]
+    pool.sort(key=lambda item: (-(item.idle or 0.0), item.server.user, item.server.name))
+    return pool[:excess]
+
+
+def _decision(policy: Policy, item: _Running, reason: Reason) -> ServerDecision:
+    s = item.server
+    return ServerDecision(
+        s.user,
+        s.name,
+        reason,
+        item.idle or 0.0,
+        item.age,
+        remove=_removes(policy, s),
+        idle_from=item.idle_from,
+    )
 
 
 def _removes(policy: Policy, server: Server) -> bool:
@@ -145,51 +221,47 @@ def _user_deletions(
     return deletions
 
 
-def decide(policy: Policy, snapshot: Snapshot, now: datetime | None = None) -> Plan:
+def decide(
+    policy: Policy,
+    snapshot: Snapshot,
+    now: datetime | None = None,
+    signals: Signals | None = None,
+) -> Plan:
     """Decide what one sweep does with ``snapshot``, judged at ``now`` (the Hub's clock).
 
     Running servers over ``idleTimeout`` or ``maxAge`` are candidates, then capacity mode adds
     the longest-idle servers above ``capacity.maxActiveServers``; safety limits keep the
-    longest-idle candidates and hold back the rest. Pending servers are skipped.
+    longest-idle candidates and hold back the rest. Pending servers are skipped. ``signals``
+    (kernel probes) change a server's idle time (``kernels.idleFrom``) and keep busy servers
+    from idleness and capacity culls (``kernels.protectBusy``), never from ``maxAge``.
     """
     now = now or snapshot.now
+    signals = signals or {}
     plan = Plan(now=now, dry_run=policy.dry_run)
-    running: list[tuple[Server, float | None, float | None]] = []
+    running: list[_Running] = []
     candidates: list[ServerDecision] = []
+    protected: dict[tuple[str, str], str] = {}
     for user in snapshot.users:
         for server in user.servers:
             if not server_in_scope(policy, user, server):
                 continue
-            idle = idle_seconds(server, now)
             if server.pending:
                 plan.skipped_pending += 1
             elif server.ready:
-                age = _seconds_since(now, server.started)
-                running.append((server, idle, age))
-                reason = _limit_reason(policy, idle, age)
+                item = _judge(policy, server, signals.get(server.key), now)
+                running.append(item)
+                reason = _limit_reason(policy, item)
                 if reason is not None:
-                    candidates.append(
-                        ServerDecision(
-                            user.name,
-                            server.name,
-                            reason,
-                            idle or 0.0,
-                            age,
-                            remove=_removes(policy, server),
-                        )
-                    )
-            elif (
-                _removes(policy, server)
-                and policy.idle_timeout > 0
-                and idle is not None
-                and idle >= policy.idle_timeout
-            ):
+                    candidates.append(_decision(policy, item, reason))
+                elif item.protection and _over_idle_timeout(policy, item):
+                    protected[server.key] = item.protection
+            elif _removable(policy, server, now):
                 plan.removals.append(
                     ServerDecision(
                         user.name,
                         server.name,
                         "idle",
-                        idle,
+                        idle_seconds(server, now) or 0.0,
                         None,
                         remove=True,
                         already_stopped=True,
@@ -197,8 +269,13 @@ def decide(policy: Policy, snapshot: Snapshot, now: datetime | None = None) -> P
                 )
     plan.running = len(running)
     chosen = {(d.user, d.server) for d in candidates}
-    not_chosen = [item for item in running if (item[0].user, item[0].name) not in chosen]
-    candidates += _capacity_culls(policy, not_chosen)
+    not_chosen = [item for item in running if item.server.key not in chosen]
+    picked = _capacity_pick(policy, not_chosen, protect=True)
+    candidates += [_decision(policy, item, "capacity") for item in picked]
+    for item in _capacity_pick(policy, not_chosen, protect=False):
+        if item.protection:
+            protected[item.server.key] = item.protection
+    plan.protected = [Protection(u, s, why) for (u, s), why in sorted(protected.items())]
     candidates.sort(key=lambda d: (-d.idle_seconds, d.user, d.server))
     allowed = _allowed_culls(policy, plan.running)
     if allowed is None:
@@ -207,3 +284,26 @@ def decide(policy: Policy, snapshot: Snapshot, now: datetime | None = None) -> P
         plan.stops, plan.held_back = candidates[:allowed], candidates[allowed:]
     plan.user_deletions = _user_deletions(policy, snapshot.users, now, plan.stops)
     return plan
+
+
+def _judge(
+    policy: Policy, server: Server, signals: ServerSignals | None, now: datetime
+) -> _Running:
+    idle, source = judged_idle(policy, server, signals, now)
+    age = _seconds_since(now, server.started)
+    return _Running(server, idle, age, source, protection(policy, signals))
+
+
+def _over_idle_timeout(policy: Policy, item: _Running) -> bool:
+    return policy.idle_timeout > 0 and item.idle is not None and item.idle >= policy.idle_timeout
+
+
+def _removable(policy: Policy, server: Server, now: datetime) -> bool:
+    """A stopped named server that ``servers.removeNamed`` deletes once idle long enough."""
+    idle = idle_seconds(server, now)
+    return (
+        _removes(policy, server)
+        and policy.idle_timeout > 0
+        and idle is not None
+        and idle >= policy.idle_timeout
+    )

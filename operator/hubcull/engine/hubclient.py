@@ -23,6 +23,8 @@ from urllib.parse import quote
 
 import httpx
 
+from .errors import SweepError
+
 log = logging.getLogger(__name__)
 
 PAGINATION_ACCEPT = "application/jupyterhub-pagination+json"
@@ -32,7 +34,7 @@ _SCOPE_RE = re.compile(r"requires any of \[([^\]]*)\]")
 StopOutcome = Literal["stopped", "stopping", "gone"]
 
 
-class HubAPIError(Exception):
+class HubAPIError(SweepError):
     """Base class of the Hub failures a sweep reports; ``reason`` is the Ready reason."""
 
     reason = "HubError"

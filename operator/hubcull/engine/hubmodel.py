@@ -41,6 +41,12 @@ class Server:
     started: datetime | None
     last_activity: datetime | None
     profile: str | None
+    url: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """``(user, server name)``: how a server is named across sweeps and signals."""
+        return (self.user, self.name)
 
     @property
     def active(self) -> bool:
@@ -96,6 +102,7 @@ def parse_server(user: str, name: str, model: Mapping[str, Any]) -> Server:
         started=parse_time(model.get("started")),
         last_activity=parse_time(model.get("last_activity")),
         profile=_profile(model.get("user_options")),
+        url=model["url"] if isinstance(model.get("url"), str) else "",
     )
 
 

@@ -8,15 +8,27 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Literal
 
-from .durations import DurationError, parse_duration
+from .specreader import SecretKeyRef, SpecReader, http_url, secret_ref
+
+__all__ = ["SecretKeyRef"]
 
 MIN_EVERY_SECONDS = 10.0
 DEFAULT_EVERY_SECONDS = 600.0
 MAX_CONCURRENCY = 100
 MAX_PAGE_SIZE = 1000
+MIN_USAGE_WINDOW_SECONDS = 60.0
+
+#: The contract's default PromQL templates ({namespace} and {window} are substituted).
+DEFAULT_CPU_QUERY = (
+    'sum by (namespace, pod) (rate(container_cpu_usage_seconds_total{namespace="{namespace}", '
+    'container!=""}[{window}]))'
+)
+DEFAULT_GPU_QUERY = (
+    "max by (namespace, pod) "
+    '(max_over_time(DCGM_FI_DEV_GPU_UTIL{namespace="{namespace}"}[{window}]))'
+)
 
 
 class PolicyError(ValueError):
@@ -25,14 +37,6 @@ class PolicyError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("; ".join(problems))
-
-
-@dataclass(frozen=True)
-class SecretKeyRef:
-    """A key of a Secret in the policy's own namespace."""
-
-    name: str
-    key: str
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,48 @@ class Capacity:
 
 
 @dataclass(frozen=True)
+class KernelsSpec:
+    """``spec.kernels``: judge idleness by each server's kernels and terminals."""
+
+    protect_busy: bool = False
+    max_busy: float = 0.0
+    idle_from: Literal["hub", "kernels"] = "hub"
+    via: Literal["pods", "proxy"] = "pods"
+    proxy_url: str = ""
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class PrometheusSpec:
+    """Where the Prometheus HTTP API is and how to authenticate to it."""
+
+    url: str
+    token_secret: SecretKeyRef | None = None
+    ca_secret: SecretKeyRef | None = None
+
+
+@dataclass(frozen=True)
+class UsageSpec:
+    """``spec.usage``: CPU and GPU usage of each server's pod, from Prometheus."""
+
+    prometheus: PrometheusSpec
+    window: float = 600.0
+    busy_cpu: float = 0.0
+    busy_gpu: float = 0.0
+    cull_idle_gpu: bool = False
+    cpu_query: str = DEFAULT_CPU_QUERY
+    gpu_query: str = DEFAULT_GPU_QUERY
+
+
+@dataclass(frozen=True)
+class WarnSpec:
+    """``spec.warn``: warn before stopping for idleness or maxAge; optional webhook."""
+
+    before: float = 0.0
+    webhook_url_secret: SecretKeyRef | None = None
+
+
+@dataclass(frozen=True)
 class Policy:
     """A parsed CullPolicy spec with every default applied."""
 
@@ -107,135 +153,22 @@ class Policy:
     page_size: int = 200
     dry_run: bool = False
     suspend: bool = False
+    kernels: KernelsSpec | None = None
+    usage: UsageSpec | None = None
+    warn: WarnSpec | None = None
 
     @property
     def needs_groups(self) -> bool:
         """True when deciding needs users' group membership (``read:users:groups``)."""
         return bool(self.selector.groups or self.exclude.groups)
 
-
-class _Reader:
-    """Reads one mapping of the spec, remembering problems instead of stopping at the first."""
-
-    def __init__(self, data: object, path: str, problems: list[str]) -> None:
-        self.path = path
-        self.problems = problems
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
-            problems.append(f"{path}: must be an object, not {type(data).__name__}")
-            data = {}
-        self.data: Mapping[str, Any] = data
-        self.seen: set[str] = set()
-
-    def _get(self, key: str) -> tuple[bool, Any]:
-        self.seen.add(key)
-        if key in self.data and self.data[key] is not None:
-            return True, self.data[key]
-        return False, None
-
-    def bool(self, key: str, default: bool) -> bool:
-        present, value = self._get(key)
-        if not present:
-            return default
-        if not isinstance(value, bool):
-            self.problems.append(f"{self.path}.{key}: must be true or false, not {value!r}")
-            return default
-        return value
-
-    def int(self, key: str, default: int, minimum: int, maximum: int | None = None) -> int:
-        present, value = self._get(key)
-        if not present:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.problems.append(f"{self.path}.{key}: must be a whole number, not {value!r}")
-            return default
-        if value < minimum or (maximum is not None and value > maximum):
-            bounds = f"at least {minimum}" if maximum is None else f"{minimum} to {maximum}"
-            self.problems.append(f"{self.path}.{key}: must be {bounds}, not {value}")
-            return default
-        return value
-
-    def duration(self, key: str, default: float, minimum: float = 0.0) -> float:
-        present, value = self._get(key)
-        if not present:
-            return default
-        try:
-            seconds = parse_duration(value)
-        except DurationError as exc:
-            self.problems.append(f"{self.path}.{key}: {exc}")
-            return default
-        if seconds < minimum:
-            self.problems.append(f"{self.path}.{key}: must be at least {minimum:g}s, not {value!r}")
-            return default
-        return seconds
-
-    def str(self, key: str, required: bool = False) -> str | None:
-        present, value = self._get(key)
-        if not present:
-            if required:
-                self.problems.append(f"{self.path}.{key}: is required")
-            return None
-        if not isinstance(value, str) or not value.strip():
-            self.problems.append(f"{self.path}.{key}: must be a non-empty string, not {value!r}")
-            return None
-        return value
-
-    def strings(self, key: str) -> tuple[str, ...]:
-        present, value = self._get(key)
-        if not present:
-            return ()
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self.problems.append(f"{self.path}.{key}: must be a list of strings, not {value!r}")
-            return ()
-        return tuple(value)
-
-    def child(self, key: str) -> _Reader:
-        _, value = self._get(key)
-        return _Reader(value, f"{self.path}.{key}", self.problems)
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.seen)
-        if unknown:
-            names = ", ".join(unknown)
-            self.problems.append(f"{self.path}: unknown field(s) {names}")
+    @property
+    def needs_pods(self) -> bool:
+        """True when the policy needs the servers' KubeSpawner pods (the operator)."""
+        return self.usage is not None or (self.kernels is not None and self.kernels.via == "pods")
 
 
-def _secret_ref(reader: _Reader, key: str, required: bool) -> SecretKeyRef | None:
-    present = reader.data.get(key) is not None
-    if not present:
-        if required:
-            reader.problems.append(f"{reader.path}.{key}: is required (a Secret name and key)")
-        reader.seen.add(key)
-        return None
-    ref = reader.child(key)
-    name, secret_key = ref.str("name", required=True), ref.str("key", required=True)
-    ref.finish()
-    if name is None or secret_key is None:
-        return None
-    return SecretKeyRef(name=name, key=secret_key)
-
-
-def _hub_url(reader: _Reader) -> str:
-    url = reader.str("url", required=True)
-    if url is None:
-        return ""
-    try:
-        parts = urlsplit(url)
-        bad = parts.scheme not in ("http", "https") or not parts.hostname
-        bad = bad or parts.port == 0  # .port raises ValueError for a port out of range
-    except ValueError:  # e.g. "http://[::1/hub/api": an unclosed IPv6 literal
-        bad = True
-    # whitespace or control characters: httpx refuses such a URL with an exception of its own
-    if bad or any(ch.isspace() or not ch.isprintable() for ch in url):
-        reader.problems.append(
-            f"{reader.path}.url: {url!r} must be an http:// or https:// URL of the Hub API, "
-            "like http://hub:8081/hub/api"
-        )
-    return url.rstrip("/")
-
-
-def _matcher(reader: _Reader, with_admins: bool) -> Matcher:
+def _matcher(reader: SpecReader, with_admins: bool) -> Matcher:
     matcher = Matcher(
         users=reader.strings("users"),
         groups=reader.strings("groups"),
@@ -270,18 +203,119 @@ def _check_cross_field(
         )
 
 
+def _kernels(top: SpecReader) -> KernelsSpec | None:
+    if not top.present("kernels"):
+        top.seen.add("kernels")
+        return None
+    r = top.child("kernels")
+    kernels = KernelsSpec(
+        protect_busy=r.bool("protectBusy", False),
+        max_busy=r.duration("maxBusy", 0.0),
+        idle_from=r.choice("idleFrom", ("hub", "kernels")),  # type: ignore[arg-type]
+        via=r.choice("via", ("pods", "proxy")),  # type: ignore[arg-type]
+        proxy_url=http_url(r, "proxyURL", "http://proxy-public.jhub.svc", required=False),
+        timeout=r.duration("timeout", 10.0, minimum=1.0, maximum=60.0),
+    )
+    r.finish()
+    if not (kernels.protect_busy or kernels.idle_from == "kernels"):
+        r.problems.append(
+            "spec.kernels: does nothing: set kernels.protectBusy to true or kernels.idleFrom "
+            "to kernels"
+        )
+    if kernels.max_busy and not kernels.protect_busy:
+        r.problems.append("spec.kernels.maxBusy: needs kernels.protectBusy: true")
+    if kernels.via == "proxy" and not kernels.proxy_url:
+        r.problems.append(
+            "spec.kernels.proxyURL: is required with via: proxy (the Hub's public URL, like "
+            "http://proxy-public.jhub.svc)"
+        )
+    return kernels
+
+
+def _usage(top: SpecReader) -> UsageSpec | None:
+    if not top.present("usage"):
+        top.seen.add("usage")
+        return None
+    r = top.child("usage")
+    prom_r = r.child("prometheus")
+    if not r.present("prometheus"):
+        r.problems.append("spec.usage.prometheus: is required (at least its url)")
+    prometheus = PrometheusSpec(
+        url=http_url(prom_r, "url", "http://prometheus-operated.monitoring.svc:9090"),
+        token_secret=secret_ref(prom_r, "tokenSecretRef", required=False),
+        ca_secret=secret_ref(prom_r, "caSecretRef", required=False),
+    )
+    prom_r.finish()
+    queries_r = r.child("queries")
+    usage = UsageSpec(
+        prometheus=prometheus,
+        window=r.duration("window", 600.0, minimum=MIN_USAGE_WINDOW_SECONDS),
+        busy_cpu=r.number("busyCPU", 0.0, minimum=0.0),
+        busy_gpu=r.number("busyGPU", 0.0, minimum=0.0, maximum=100.0),
+        cull_idle_gpu=r.bool("cullIdleGPU", False),
+        cpu_query=queries_r.str("cpu") or DEFAULT_CPU_QUERY,
+        gpu_query=queries_r.str("gpu") or DEFAULT_GPU_QUERY,
+    )
+    queries_r.finish()
+    r.finish()
+    if not (usage.busy_cpu or usage.busy_gpu or usage.cull_idle_gpu):
+        r.problems.append(
+            "spec.usage: does nothing: set usage.busyCPU, usage.busyGPU or usage.cullIdleGPU"
+        )
+    return usage
+
+
+def _warn(top: SpecReader) -> WarnSpec | None:
+    if not top.present("warn"):
+        top.seen.add("warn")
+        return None
+    r = top.child("warn")
+    webhook = None
+    if r.present("webhook"):
+        webhook_r = r.child("webhook")
+        webhook = secret_ref(webhook_r, "urlSecretRef", required=True)
+        webhook_r.finish()
+    else:
+        r.seen.add("webhook")
+    warn = WarnSpec(before=r.duration("before", 0.0), webhook_url_secret=webhook)
+    r.finish()
+    return warn
+
+
+def _check_features(problems: list[str], kwargs: dict[str, Any]) -> None:
+    """Rules between spec.kernels, spec.usage, spec.warn and the limits they act on."""
+    usage, warn = kwargs["usage"], kwargs["warn"]
+    if usage is not None and usage.cull_idle_gpu and not kwargs["idle_timeout"]:
+        problems.append(
+            "spec.usage.cullIdleGPU: needs idleTimeout: a GPU must stay idle that long before "
+            "its server is stopped"
+        )
+    if warn is not None and warn.before:
+        limits = [kwargs["idle_timeout"], kwargs["max_age"]]
+        if not any(limits):
+            problems.append(
+                "spec.warn.before: warns of stops for idleness or maxAge, but idleTimeout "
+                "and maxAge are both 0"
+            )
+        elif any(0 < limit <= warn.before for limit in limits):
+            problems.append(
+                "spec.warn.before: must be shorter than idleTimeout and maxAge (a warning "
+                "cannot come before the server has been idle at all)"
+            )
+
+
 def parse_spec(spec: Mapping[str, Any] | None) -> Policy:
     """Parse a CullPolicy ``spec`` into a :class:`Policy`, applying the contract's defaults.
 
     Raises :class:`PolicyError` naming every field that is wrong.
     """
     problems: list[str] = []
-    top = _Reader(spec, "spec", problems)
+    top = SpecReader(spec, "spec", problems)
 
     hub_r = top.child("hub")
-    url = _hub_url(hub_r)
-    token = _secret_ref(hub_r, "tokenSecretRef", required=True)
-    ca = _secret_ref(hub_r, "caSecretRef", required=False)
+    url = http_url(hub_r, "url", "http://hub:8081/hub/api")
+    token = secret_ref(hub_r, "tokenSecretRef", required=True)
+    ca = secret_ref(hub_r, "caSecretRef", required=False)
     timeout = hub_r.duration("requestTimeout", 60.0, minimum=1.0)
     hub_r.finish()
 
@@ -324,9 +358,13 @@ def parse_spec(spec: Mapping[str, Any] | None) -> Policy:
         page_size=top.int("pageSize", 200, minimum=1, maximum=MAX_PAGE_SIZE),
         dry_run=top.bool("dryRun", False),
         suspend=top.bool("suspend", False),
+        kernels=_kernels(top),
+        usage=_usage(top),
+        warn=_warn(top),
     )
     top.finish()
     _check_cross_field(problems, servers, users, policy_kwargs, capacity)
+    _check_features(problems, policy_kwargs)
     if problems or token is None:
         raise PolicyError(problems or ["spec.hub.tokenSecretRef: is required"])
     return Policy(

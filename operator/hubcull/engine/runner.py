@@ -12,8 +12,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import SweepError
 from .hubclient import HubAPIError, HubClient
+from .kernelprobe import KernelProber
+from .memory import SweepMemory
+from .pods import PodSource
 from .policy import Policy
+from .probing import KernelInspection, ServerLocator
 from .status import failure_message, status_after_failure, status_after_sweep
 from .sweep import Clock, SweepResult, run_sweep, utcnow
 
@@ -68,11 +73,35 @@ def failed(
     detail: str,
     generation: int | None,
     clock: Clock = utcnow,
+    advice: str | None = None,
 ) -> SweepOutcome:
     """The outcome of a sweep that could not run, for ``reason``."""
-    message = failure_message(reason, detail)
+    message = failure_message(reason, detail, advice)
     status = status_after_failure(previous, reason, message, generation, clock())
     return SweepOutcome(status, reason=reason, message=message)
+
+
+NEEDS_OPERATOR = (
+    "spec.kernels.via: pods and spec.usage need the servers' pods, which only the operator "
+    "(hubcull run) can list; with hubcull sweep use spec.kernels.via: proxy and no spec.usage"
+)
+
+
+def _kernel_inspection(
+    policy: Policy,
+    token: str,
+    ca_pem: str | None,
+    pods: PodSource | None,
+    memory: SweepMemory,
+) -> KernelInspection | None:
+    """How this sweep reaches the servers' Jupyter APIs (``None`` without ``spec.kernels``).
+    The probes carry the Hub token, which the servers check with the Hub."""
+    if policy.kernels is None:
+        return None
+    prober = KernelProber(
+        token, timeout=policy.kernels.timeout, concurrency=policy.concurrency, ca_pem=ca_pem
+    )
+    return KernelInspection(prober, ServerLocator(policy, pods), memory.kernels)
 
 
 #: How long a kept client reuses the Hub's version and the token's scopes.
@@ -144,14 +173,19 @@ async def sweep_policy(
     clock: Clock = utcnow,
     on_response: Callable[[str], None] | None = None,
     connection: HubConnection | None = None,
+    pods: PodSource | None = None,
+    memory: SweepMemory | None = None,
 ) -> SweepOutcome:
     """Sweep once (unless suspended) and return the status to write.
 
     With a ``connection`` its kept client is used (and its ``on_response``); otherwise a
-    client is made for this sweep alone.
+    client is made for this sweep alone. ``pods`` finds the servers' pods (the operator's;
+    ``hubcull sweep`` has none) and ``memory`` is what the policy keeps between sweeps.
     """
     if policy.suspend:
         return suspended(previous, generation, clock)
+    if policy.needs_pods and pods is None:
+        return failed(previous, "InvalidSpec", NEEDS_OPERATOR, generation, clock)
     try:
         if connection is not None:
             client = await connection.client(policy, token, ca_pem)
@@ -165,13 +199,17 @@ async def sweep_policy(
             generation,
             clock,
         )
+    kernels = _kernel_inspection(policy, token, ca_pem, pods, memory or SweepMemory())
     try:
-        result = await run_sweep(policy, client, clock)
-    except HubAPIError as exc:
+        result = await run_sweep(policy, client, clock, kernels)
+    except SweepError as exc:
         log.debug("sweep failed: %s", exc)
-        client.forget()
-        return failed(previous, exc.reason, str(exc), generation, clock)
+        if isinstance(exc, HubAPIError):
+            client.forget()
+        return failed(previous, exc.reason, str(exc), generation, clock, exc.advice)
     finally:
+        if kernels is not None:
+            await kernels.prober.aclose()
         if connection is None:
             await client.aclose()
     status = status_after_sweep(previous, result, policy, generation, clock())

@@ -26,6 +26,7 @@ ADVICE = {
     "in spec.hub",
     "InvalidSpec": "fix the fields named and apply the CullPolicy again",
     "HubError": "check the Hub's logs and spec.hub.url",
+    "PodsUnavailable": "check that the Kubernetes API server answers the operator",
 }
 
 
@@ -34,9 +35,9 @@ def isotime(when: datetime) -> str:
     return when.astimezone(timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def failure_message(reason: str, detail: str) -> str:
-    """One sentence: what is wrong, then what to do."""
-    advice = ADVICE.get(reason)
+def failure_message(reason: str, detail: str, advice: str | None = None) -> str:
+    """One sentence: what is wrong, then what to do (``advice``, else the reason's usual)."""
+    advice = advice or ADVICE.get(reason)
     detail = detail.rstrip(". ")
     if not detail.startswith("spec"):
         detail = detail[:1].upper() + detail[1:]
@@ -89,6 +90,7 @@ def recent_culls(result: SweepResult, previous: list[Any] | None) -> list[dict[s
             "idleSeconds": int(c.idle_seconds),
             "time": isotime(c.time),
             "dryRun": c.dry_run,
+            **({"idleFrom": c.idle_from} if c.idle_from != "hub" else {}),
         }
         for c in sorted(result.culled, key=lambda c: -c.idle_seconds)
     ]
@@ -159,6 +161,8 @@ def status_after_sweep(
         "culledTotal": int(previous.get("culledTotal") or 0) + culled,
         "usersCulledTotal": int(previous.get("usersCulledTotal") or 0) + users_culled,
         "failedLastSweep": len(result.failed),
+        "serversProtected": len(result.protected),
+        "probeFailedLastSweep": len(result.probe_failures),
         "recentCulls": recent_culls(result, previous.get("recentCulls")),
         "conditions": conditions,
     }
@@ -183,9 +187,12 @@ def status_after_failure(
 
 def describe_cull(record: Any) -> str:
     """``alice/gpu (idle 1h12m)``: the words events and the CLI use for a cull."""
+    idle = format_duration(record.idle_seconds)
+    if getattr(record, "idle_from", "hub") == "kernels":
+        idle += " by its kernels"
     why = {
-        "idle": f"idle {format_duration(record.idle_seconds)}",
-        "maxAge": f"maxAge, idle {format_duration(record.idle_seconds)}",
-        "capacity": f"capacity, idle {format_duration(record.idle_seconds)}",
+        "idle": f"idle {idle}",
+        "maxAge": f"maxAge, idle {idle}",
+        "capacity": f"capacity, idle {idle}",
     }.get(record.reason, record.reason)
     return f"{record.label} ({why})"

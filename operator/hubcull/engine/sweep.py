@@ -13,10 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from .decisions import Plan, ServerDecision, UserDecision, decide
+from .decisions import Plan, Protection, ServerDecision, UserDecision, decide
 from .hubclient import HubAPIError, HubClient, HubError, HubForbidden
 from .hubmodel import HubDataError, Snapshot, User, parse_user
 from .policy import Policy
+from .probing import KernelInspection, ProbeFailure, ProbeStats, decide_with_kernels
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class CullRecord:
     outcome: str
     removed: bool = False
     error: str | None = None
+    idle_from: str = "hub"
 
     @property
     def label(self) -> str:
@@ -77,6 +79,13 @@ class SweepResult:
     culls: list[CullRecord] = field(default_factory=list)
     removals: list[CullRecord] = field(default_factory=list)
     user_culls: list[UserCullRecord] = field(default_factory=list)
+    protected: list[Protection] = field(default_factory=list)
+    probes: ProbeStats = field(default_factory=ProbeStats)
+
+    @property
+    def probe_failures(self) -> list[ProbeFailure]:
+        """Servers whose probe failed this sweep (the Hub decided for them)."""
+        return self.probes.failures
 
     @property
     def culled(self) -> list[CullRecord]:
@@ -130,6 +139,8 @@ def required_scopes(policy: Policy) -> list[tuple[str, str]]:
         needed.append(("read:users:activity", "read:users:activity"))
         if not policy.dry_run:
             needed.append(("delete:users", "admin:users"))
+    if policy.kernels is not None:
+        needed.append(("access:servers", "access:servers"))  # the servers' own APIs
     return needed
 
 
@@ -178,9 +189,20 @@ async def _stop(client: HubClient, d: ServerDecision, now: datetime) -> CullReco
     except HubAPIError as exc:
         log.warning("failed to stop %s: %s", d.label, exc)
         return CullRecord(
-            d.user, d.server, d.reason, d.idle_seconds, now, False, "failed", d.remove, str(exc)
+            d.user,
+            d.server,
+            d.reason,
+            d.idle_seconds,
+            now,
+            False,
+            "failed",
+            d.remove,
+            str(exc),
+            d.idle_from,
         )
-    return CullRecord(d.user, d.server, d.reason, d.idle_seconds, now, False, outcome, d.remove)
+    return CullRecord(
+        d.user, d.server, d.reason, d.idle_seconds, now, False, outcome, d.remove, None, d.idle_from
+    )
 
 
 async def _still_deletable(
@@ -231,7 +253,17 @@ async def execute(
     now = clock()
     if plan.dry_run:
         culls = [
-            CullRecord(d.user, d.server, d.reason, d.idle_seconds, now, True, "dryRun", d.remove)
+            CullRecord(
+                d.user,
+                d.server,
+                d.reason,
+                d.idle_seconds,
+                now,
+                True,
+                "dryRun",
+                d.remove,
+                idle_from=d.idle_from,
+            )
             for d in plan.stops
         ]
         removals = [
@@ -251,13 +283,24 @@ async def execute(
     return culls, removals, [u for u in deleted if u is not None]
 
 
-async def run_sweep(policy: Policy, client: HubClient, clock: Clock = utcnow) -> SweepResult:
-    """List, decide and act once. Raises :class:`~hubcull.engine.hubclient.HubAPIError` (and culls
-    nothing) when the Hub cannot be read completely."""
+async def run_sweep(
+    policy: Policy,
+    client: HubClient,
+    clock: Clock = utcnow,
+    kernels: KernelInspection | None = None,
+) -> SweepResult:
+    """List, decide and act once. Raises :class:`~hubcull.engine.errors.SweepError` (and culls
+    nothing) when the Hub, or the servers' pods, cannot be read completely.
+
+    With ``spec.kernels``, ``kernels`` says how to reach the servers to probe them."""
     started = clock()
     t0 = time.monotonic()
     snapshot = await take_snapshot(policy, client, clock)
-    plan = decide(policy, snapshot)
+    probes = ProbeStats()
+    if policy.kernels is not None and kernels is not None:
+        plan, probes = await decide_with_kernels(policy, snapshot, kernels)
+    else:
+        plan = decide(policy, snapshot)
     culls, removals, user_culls = await execute(plan, policy, client, clock)
     return SweepResult(
         started=started,
@@ -273,4 +316,6 @@ async def run_sweep(policy: Policy, client: HubClient, clock: Clock = utcnow) ->
         culls=culls,
         removals=removals,
         user_culls=user_culls,
+        protected=plan.protected,
+        probes=probes,
     )

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ..engine.durations import format_duration
+from ..engine.memory import SweepMemory
 from ..engine.policy import DEFAULT_EVERY_SECONDS, Policy, PolicyError, parse_spec
 from ..engine.runner import (
     HubConnection,
@@ -26,6 +27,7 @@ from ..engine.status import describe_cull, throttle_message
 from ..engine.sweep import Clock, utcnow
 from .kubeapi import KubeAPI, KubeError
 from .metrics import Metrics
+from .pods import KubePodSource
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ class PolicyController:
     status: dict[str, Any] | None = None
     _last_failure: tuple[str | None, float] = field(default=(None, 0.0))
     _hub: HubConnection | None = None
+    memory: SweepMemory = field(default_factory=SweepMemory)
     #: (Secret name, key) -> (when it was read, its value)
     _secrets: dict[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
 
@@ -155,6 +158,8 @@ class PolicyController:
             ca_pem=ca_pem,
             clock=self.clock,
             connection=self._hub,
+            pods=KubePodSource(self.kube, self.namespace) if policy.needs_pods else None,
+            memory=self.memory,
         )
         return outcome, token_cached or ca_cached
 

@@ -19,6 +19,10 @@ class KubeError(Exception):
     """An unexpected answer from the Kubernetes API (never carries Secret contents)."""
 
 
+class KubeForbidden(KubeError):
+    """RBAC refused the request."""
+
+
 class KubeAPI:
     """A small async Kubernetes client on httpx; ``connect`` returns a kopf ConnectionInfo."""
 
@@ -75,6 +79,26 @@ class KubeAPI:
             return base64.b64decode(data).decode()
         except (ValueError, UnicodeDecodeError):
             raise KubeError(f"Secret {namespace}/{name} key {key} is not valid base64") from None
+
+    async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """Every pod in ``namespace`` matching ``label_selector``, following ``continue``.
+
+        Raises :class:`KubeForbidden` when RBAC refuses and :class:`KubeError` otherwise."""
+        path = f"/api/v1/namespaces/{quote(namespace)}/pods"
+        items: list[dict[str, Any]] = []
+        params = {"labelSelector": label_selector, "limit": "500"}
+        while True:
+            response = await self._request("GET", path, params=params)
+            if response.status_code == 403:
+                raise KubeForbidden(f"the operator may not list pods in namespace {namespace}")
+            if response.status_code >= 400:
+                raise KubeError(f"listing pods in {namespace} failed ({response.status_code})")
+            body = response.json()
+            items.extend(body.get("items") or [])
+            token = (body.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+            params = {**params, "continue": token}
 
     def _policy_path(self, namespace: str, name: str) -> str:
         return f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{PLURAL}/{quote(name)}"

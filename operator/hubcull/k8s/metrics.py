@@ -59,6 +59,20 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.servers_protected = Gauge(
+            "hubcull_servers_protected",
+            "Servers kept at the last sweep because a kernel was busy or usage showed work",
+            labels,
+            registry=self.registry,
+        )
+        self.probes = Counter(
+            "hubcull_probes",
+            "Probes of servers' kernels by result: ok, no_pod, unreachable, timeout, "
+            "http_error, invalid, too_large",
+            (*labels, "result"),
+            registry=self.registry,
+        )
+
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Serve ``/metrics`` in a background thread."""
         start_http_server(port, addr=addr, registry=self.registry)
@@ -77,6 +91,9 @@ class Metrics:
         self.sweep_duration.labels(namespace, policy).observe(result.duration)
         self.servers_running.labels(namespace, policy).set(result.running)
         self.servers_idle.labels(namespace, policy).set(result.over_limit)
+        self.servers_protected.labels(namespace, policy).set(len(result.protected))
+        for outcome, count in result.probes.results.items():
+            self.probes.labels(namespace, policy, outcome).inc(count)
         if result.dry_run:
             return
         for cull in result.culled:
@@ -90,7 +107,7 @@ class Metrics:
 
     def forget(self, namespace: str, policy: str) -> None:
         """Drop a deleted policy's gauges so they don't report stale numbers."""
-        for gauge in (self.servers_running, self.servers_idle):
+        for gauge in (self.servers_running, self.servers_idle, self.servers_protected):
             try:
                 gauge.remove(namespace, policy)
             except KeyError:
