@@ -119,11 +119,16 @@ async def test_servers_are_found_through_the_hub(jupyter_hub: Hub, servers: Serv
     assert started["lab", "direct"] == started["lab", "proxy"]
     assert started["", "direct"] != started["lab", "direct"]
 
-    # A client for a server by its name alone, with a fresh token of its user.
+    # A client for a server by its name alone, with a fresh token of its user; through
+    # the proxy, as JupyterLab in a browser, websockets included.
     client = await JupyterServer.for_server(jupyter_hub, "ann", "lab", via="proxy")
     async with client:
         assert client.base_url == servers.lab.proxy_url
         assert (await client.status())["started"] == started["lab", "proxy"]
+        kernel = await client.start_kernel()
+        assert (await client.run_code(kernel["id"], "print('via the proxy')")).stdout == (
+            "via the proxy\n"
+        )
 
 
 async def test_kernels_run_ipykernel_from_the_venv(ann: JupyterServer, lab: JupyterServer) -> None:
