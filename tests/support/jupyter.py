@@ -650,19 +650,22 @@ class TerminalConnection:
         """Type ``command`` + Enter; once the shell ran it, return what it printed.
 
         The line typed ends with ``echo`` of a marker that the shell computes
-        (``$((n+1))``): the output is what lies between the echo of the typed line and the
-        computed marker.  Terminal control sequences and carriage returns are removed.
+        (``$((n+1))``): the output is what lies between the last echo of the typed line
+        (a line typed before the shell is ready is echoed twice: by the terminal, then by
+        readline after its prompt) and the computed marker.  Terminal control sequences
+        and carriage returns are removed.
         """
         number = next(self._markers)
         typed = f"echo hubcull-done-$(({number}+1))"
         start = len(self.output)
         separator = " " if command.rstrip().endswith("&") else "; "  # `cmd &; x` is an error
         await self.send(f"{command}{separator}{typed}\r")
-        echo = await self.expect(re.escape(typed) + r".*\n", start=start, timeout=timeout)
-        end = await self.expect(
-            rf"hubcull-done-{number + 1}\r?\n", start=echo.end(), timeout=timeout
-        )
-        printed = self.output[echo.end() : end.start()]
+        end = await self.expect(rf"hubcull-done-{number + 1}\r?\n", start=start, timeout=timeout)
+        echoed = self.output.rfind(typed, start, end.start())
+        if echoed < 0:
+            raise JupyterError(f"the terminal did not echo {typed!r}: {self.output[start:]!r}")
+        line_end = self.output.find("\n", echoed, end.start())
+        printed = self.output[line_end + 1 : end.start()] if line_end >= 0 else ""
         return _ANSI_ESCAPE.sub("", printed).replace("\r", "").strip("\n")
 
     async def close(self) -> None:
