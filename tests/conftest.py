@@ -6,6 +6,10 @@
 #   hub         function scope, a fresh Hub per test (~1.7 s startup + ~0.5 s shutdown)
 #   shared_hub  one Hub per test module; use it through `clean_hub`, which resets it
 #               (stops all servers, deletes non-admin users, groups and harness tokens)
+#   jupyter_hub one Hub per test module whose servers are REAL jupyterhub-singleuser
+#               processes (spawner="local", ~1 s per spawn): start them once per module
+#               with tests.support.jupyter.start_server and drive them with
+#               tests.support.jupyter.JupyterServer (kernels, terminals, api/status)
 #
 # Mark tests that use them with `pytest.mark.hub` (e.g. `pytestmark = pytest.mark.hub`).
 # Keywords of the closest `hub` marker are passed to tests.support.jhub.launch_hub by the
@@ -33,6 +37,17 @@ async def hub(request: pytest.FixtureRequest, tmp_path: _Path) -> _AsyncIterator
 async def shared_hub(tmp_path_factory: pytest.TempPathFactory) -> _AsyncIterator[Hub]:
     """One real JupyterHub for a whole test module; prefer `clean_hub` in tests."""
     async with start_hub(tmp_path_factory.mktemp("shared-hub")) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def jupyter_hub(tmp_path_factory: pytest.TempPathFactory) -> _AsyncIterator[Hub]:
+    """One real JupyterHub per test module that spawns real single-user servers.
+
+    Its servers report their activity to the Hub every 300 s (JupyterHub's default) unless
+    spawned with ``tests.support.jupyter.start_server(..., activity_interval=N)``.
+    """
+    async with start_hub(tmp_path_factory.mktemp("jupyter-hub"), spawner="local") as running:
         yield running
 
 
