@@ -28,6 +28,8 @@ PEERING_SETTLE_SECONDS = 5.0
 #: kopf's peering lifetime in seconds (kopf's default: 60): how long after its last keep-alive
 #: a peer that died without a goodbye (SIGKILL, lost node) still holds off the standbys.
 PEERING_LIFETIME_ENV = "HUBCULL_PEERING_LIFETIME"
+#: Finalizers released at once on shutdown.
+RELEASE_CONCURRENCY = 20
 
 
 @kopf.on.startup()
@@ -176,9 +178,15 @@ async def release_policies(memo: kopf.Memo, logger: logging.Logger, **_: Any) ->
     """On a clean shutdown, drop our finalizer so that deleting policies (or uninstalling
     hubcull) never leaves them stuck in Terminating; the next operator adds it back."""
     kube: KubeAPI = memo["kube"]
-    for namespace, name in sorted(memo.get("served", ())):
-        try:
-            await kube.remove_finalizer(namespace, name, FINALIZER)
-        except Exception as exc:
-            logger.warning("could not drop the finalizer of %s/%s: %s", namespace, name, exc)
+    in_flight = asyncio.Semaphore(RELEASE_CONCURRENCY)
+
+    async def release(namespace: str, name: str) -> None:
+        async with in_flight:
+            try:
+                await kube.remove_finalizer(namespace, name, FINALIZER)
+            except Exception as exc:
+                logger.warning("could not drop the finalizer of %s/%s: %s", namespace, name, exc)
+
+    # concurrently: an operator serving many policies must stop within its grace period
+    await asyncio.gather(*(release(ns, name) for ns, name in sorted(memo.get("served", ()))))
     await kube.aclose()
