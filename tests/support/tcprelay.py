@@ -22,8 +22,12 @@ from collections.abc import AsyncIterator
 
 __all__ = ["TcpRelay", "tcp_relay"]
 
-_REASONS = {401: "Unauthorized", 403: "Forbidden", 500: "Internal Server Error",
-            503: "Service Unavailable"}
+_REASONS = {
+    401: "Unauthorized",
+    403: "Forbidden",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 def _error_response(status: int) -> bytes:
