@@ -89,8 +89,8 @@ async def test_sweep_once_prints_each_decision_and_a_summary(hub: Hub, tmp_path:
 
 
 async def test_a_sweep_of_twelve_culls_prints_thirteen_lines(hub: Hub, tmp_path: Path) -> None:
-    """The decisions and one summary line; the status block only with --status (the
-    status of this sweep alone was 72 lines of recentCulls and conditions)."""
+    """The decisions and one summary line by default; the status block, whose
+    recentCulls alone repeat the 12 culls in 72 lines, only with --status."""
     idle = {(f"idle{i:02d}", ""): 2 * HOUR for i in range(12)}
     await populate(hub, {**idle, ("busy1", ""): 60, ("busy2", ""): 60})
     path = manifest(tmp_path / "p.yaml", hub.api_url, idleTimeout="1h")
