@@ -179,7 +179,9 @@ async def test_readmes_sweep_commands_run_as_written(hub: Hub, tmp_path: Path) -
     replaced by the test Hub's (the loop one runs until its first sweep)."""
     await populate(
         hub,
-        {("gpu-idle", ""): HOUR, ("other", ""): HOUR},
+        # 20 s more than an hour: the Hub's Date header has whole seconds, so an idle time
+        # of exactly 1 h can read 59m59s
+        {("gpu-idle", ""): HOUR + 20, ("other", ""): HOUR + 20},
         options={("gpu-idle", ""): {"profile": "gpu"}},
     )
     section = readme_section("Try a policy against your Hub")

@@ -105,6 +105,7 @@ async def lab(lab_servers: Lab) -> AsyncIterator[Lab]:
     for user in [*USERS, TAB]:
         model = (await hub.get_user(user))["servers"].get("")
         if not (model and model.get("ready")):
+            await hub.wait_stopped(user)  # a cull answered 202: the stop may still run
             lab_servers.locations[user] = await start_server(
                 hub, user, activity_interval=1 if user == TAB else None
             )
