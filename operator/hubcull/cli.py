@@ -16,6 +16,7 @@ import yaml
 
 from .engine.durations import format_duration
 from .engine.memory import SweepMemory
+from .engine.notify import WarnChannel
 from .engine.policy import Policy, PolicyError, parse_spec
 from .engine.runner import (
     NEEDS_OPERATOR,
@@ -25,7 +26,8 @@ from .engine.runner import (
     clean_token,
     sweep_policy,
 )
-from .engine.status import describe_cull
+from .engine.status import describe_cull, isotime
+from .engine.webhook import WebhookURLError, check_url
 
 TOKEN_ENV = "JUPYTERHUB_API_TOKEN"
 
@@ -38,8 +40,9 @@ class CLIError(Exception):
         self.code = code
 
 
-def load_manifest(path: str) -> tuple[str, Policy]:
-    """Read the first CullPolicy in a YAML file: its name and parsed spec."""
+def load_manifest(path: str) -> tuple[str, str, Policy]:
+    """Read the first CullPolicy in a YAML file: its name, namespace (may be empty) and
+    parsed spec."""
     try:
         text = Path(path).read_text() if path != "-" else sys.stdin.read()
         docs = [d for d in yaml.safe_load_all(text) if d]
@@ -50,13 +53,14 @@ def load_manifest(path: str) -> tuple[str, Policy]:
     for doc in docs:
         if isinstance(doc, dict) and doc.get("kind") == "CullPolicy":
             name = str((doc.get("metadata") or {}).get("name", "cullpolicy"))
+            namespace = str((doc.get("metadata") or {}).get("namespace") or "")
             try:
                 policy = parse_spec(doc.get("spec"))
             except PolicyError as exc:
                 raise CLIError(f"{path}: invalid CullPolicy {name}: {exc}") from None
             if policy.needs_pods:
                 raise CLIError(f"{path}: CullPolicy {name}: {NEEDS_OPERATOR}")
-            return name, policy
+            return name, namespace, policy
     raise CLIError(f"{path} has no CullPolicy (kind: CullPolicy)")
 
 
@@ -74,6 +78,50 @@ def read_token(token_file: str | None) -> str:
         return clean_token(raw, TOKEN_ENV)
     except TokenError as exc:
         raise CLIError(str(exc)) from None
+
+
+def read_webhook_url(path: str | None, name: str, policy: Policy) -> str | None:
+    """The URL for ``spec.warn.webhook`` from ``--webhook-url-file`` (there are no Secrets);
+    one-line errors when it is unreadable or not an http(s) URL, when the policy has no
+    webhook to use it for, or when the policy needs one and none is given (dry runs post
+    nothing and need none). The URL itself is never printed."""
+    webhook = policy.warn is not None and policy.warn.webhook_url_secret is not None
+    if path is None:
+        if webhook and not policy.dry_run:
+            raise CLIError(
+                f"CullPolicy {name}: spec.warn.webhook needs --webhook-url-file FILE with "
+                "hubcull sweep (it reads no Secrets), or use --dry-run"
+            )
+        return None
+    if not webhook:
+        raise CLIError(f"--webhook-url-file: CullPolicy {name} has no spec.warn.webhook")
+    try:
+        return check_url(Path(path).read_text(), f"webhook URL file {path}")
+    except OSError as exc:
+        raise CLIError(f"cannot read webhook URL file {path}: {exc.strerror}") from None
+    except (WebhookURLError, UnicodeDecodeError) as exc:
+        raise CLIError(str(exc)) from None
+
+
+def warn_lines(outcome: SweepOutcome) -> list[str]:
+    """``spec.warn``'s lines: warnings given (``WARN``), warned servers that wait (``WAIT``)
+    and webhook posts that failed."""
+    result = outcome.result
+    if result is None:
+        return []
+    lines = []
+    for w in result.warnings:
+        idle = format_duration(w.idle_seconds)
+        head = "WOULD    warn: " if result.dry_run else "WARN     "
+        lines.append(f"{head}{w.text} (idle {idle})")
+    for p in result.pending:
+        lines.append(
+            f"WAIT     {p.label} ({p.reason}, idle {format_duration(p.idle_seconds)}): warned at "
+            f"{isotime(p.warned.at)}, not stopped before {isotime(p.warned.stop_after)}"
+        )
+    for f in result.notify.failures:
+        lines.append(f"FAILED   webhook {f.kind} post for {f.label}: {f.error}")
+    return lines
 
 
 def decision_lines(outcome: SweepOutcome) -> list[str]:
@@ -95,6 +143,7 @@ def decision_lines(outcome: SweepOutcome) -> list[str]:
             f"HELD     {d.label} ({d.reason}, idle {format_duration(d.idle_seconds)}): "
             "safety limit, waits for the next sweep"
         )
+    lines += warn_lines(outcome)
     for c in result.removals:
         verb = "WOULD    remove" if c.dry_run else ("FAILED   remove" if c.error else "REMOVED ")
         tail = f": {c.error}" if c.error else ""
@@ -134,7 +183,14 @@ def _read_ca(path: str | None) -> str | None:
         raise CLIError(f"cannot read CA file {path}: {exc.strerror}") from None
 
 
-async def _sweep_loop(name: str, policy: Policy, token: str, ca_pem: str | None, once: bool) -> int:
+async def _sweep_loop(
+    name: str,
+    policy: Policy,
+    token: str,
+    ca_pem: str | None,
+    once: bool,
+    channel: WarnChannel | None = None,
+) -> int:
     status: dict[str, Any] | None = None
     connection = HubConnection()
     memory = SweepMemory()
@@ -147,6 +203,7 @@ async def _sweep_loop(name: str, policy: Policy, token: str, ca_pem: str | None,
                 ca_pem=ca_pem,
                 connection=connection,
                 memory=memory,
+                channel=channel,
             )
             print_outcome(name, outcome)
             status = outcome.status
@@ -154,18 +211,21 @@ async def _sweep_loop(name: str, policy: Policy, token: str, ca_pem: str | None,
                 if outcome.reason and outcome.reason != "Suspended":
                     raise CLIError(f"{outcome.reason}: {outcome.message}", code=1)
                 return 0
-            await asyncio.sleep(policy.every)
+            await asyncio.sleep(outcome.next_sweep_in(policy.every))
     finally:
         await connection.aclose()
 
 
 def sweep_command(args: argparse.Namespace) -> int:
     """``hubcull sweep``: load the manifest and token, then sweep once or every ``spec.every``."""
-    name, policy = load_manifest(args.file)
+    name, namespace, policy = load_manifest(args.file)
     if args.dry_run:
         policy = dataclasses.replace(policy, dry_run=True)
+    url = read_webhook_url(args.webhook_url_file, name, policy)
+    channel = WarnChannel(name, namespace, url=url) if url is not None else None
     token = read_token(args.token_file)
-    return asyncio.run(_sweep_loop(name, policy, token, _read_ca(args.ca_file), args.once))
+    ca_pem = _read_ca(args.ca_file)
+    return asyncio.run(_sweep_loop(name, policy, token, ca_pem, args.once, channel))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -183,6 +243,10 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true", help="decide and report, cull nothing")
     sweep.add_argument("--token-file", help=f"file with the Hub token (default: ${TOKEN_ENV})")
     sweep.add_argument("--ca-file", help="PEM bundle to trust for an https Hub")
+    sweep.add_argument(
+        "--webhook-url-file",
+        help="file with the URL of spec.warn.webhook (the operator reads it from the Secret)",
+    )
 
     run = commands.add_parser("run", help="run the operator")
     scope = run.add_mutually_exclusive_group()

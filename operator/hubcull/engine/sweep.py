@@ -16,8 +16,11 @@ from datetime import datetime, timezone
 from .decisions import Plan, Protection, ServerDecision, UserDecision, decide
 from .hubclient import HubAPIError, HubClient, HubError, HubForbidden
 from .hubmodel import HubDataError, Snapshot, User, parse_user
+from .memory import WarnMemory
+from .notify import NotifyReport, WarnChannel, notify
 from .policy import Policy
 from .probing import KernelInspection, ProbeFailure, ProbeStats, decide_with_kernels
+from .warnrules import PendingStop, WarnDecision
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,12 @@ class SweepResult:
     user_culls: list[UserCullRecord] = field(default_factory=list)
     protected: list[Protection] = field(default_factory=list)
     probes: ProbeStats = field(default_factory=ProbeStats)
+    #: spec.warn: warnings given, servers still waiting for theirs, the earliest time one of
+    #: those may be stopped (the Hub's clock), and the webhook posts
+    warnings: list[WarnDecision] = field(default_factory=list)
+    pending: list[PendingStop] = field(default_factory=list)
+    next_due: datetime | None = None
+    notify: NotifyReport = field(default_factory=NotifyReport)
 
     @property
     def probe_failures(self) -> list[ProbeFailure]:
@@ -288,20 +297,28 @@ async def run_sweep(
     client: HubClient,
     clock: Clock = utcnow,
     kernels: KernelInspection | None = None,
+    warnings: WarnMemory | None = None,
+    channel: WarnChannel | None = None,
 ) -> SweepResult:
     """List, decide and act once. Raises :class:`~hubcull.engine.errors.SweepError` (and culls
     nothing) when the Hub, or the servers' pods, cannot be read completely.
 
-    With ``spec.kernels``, ``kernels`` says how to reach the servers to probe them."""
+    With ``spec.kernels``, ``kernels`` says how to reach the servers to probe them. With
+    ``spec.warn``, ``warnings`` holds the warnings of earlier sweeps (none: every server is
+    warned anew) and ``channel`` where webhook posts go; they are posted after acting."""
     started = clock()
     t0 = time.monotonic()
     snapshot = await take_snapshot(policy, client, clock)
     probes = ProbeStats()
+    warned = warnings.recall() if warnings is not None else {}
     if policy.kernels is not None and kernels is not None:
-        plan, probes = await decide_with_kernels(policy, snapshot, kernels)
+        plan, probes = await decide_with_kernels(policy, snapshot, kernels, warned)
     else:
-        plan = decide(policy, snapshot)
+        plan = decide(policy, snapshot, warned=warned)
+    if warnings is not None:
+        warnings.keep(plan.warned)
     culls, removals, user_culls = await execute(plan, policy, client, clock)
+    report = await notify(policy, channel, plan.warnings, culls, plan.warned)
     return SweepResult(
         started=started,
         duration=time.monotonic() - t0,
@@ -318,4 +335,8 @@ async def run_sweep(
         user_culls=user_culls,
         protected=plan.protected,
         probes=probes,
+        warnings=plan.warnings,
+        pending=plan.pending,
+        next_due=plan.next_due,
+        notify=report,
     )
