@@ -68,3 +68,74 @@ async def kube(tmp_path: _Path, monkeypatch: pytest.MonkeyPatch) -> "_AsyncItera
     async with kube_server(tmp_path / "kube") as running:
         use_kubeconfig(running, monkeypatch)
         yield running
+
+
+# ---------------------------------------------------------------------------------------
+# usage: a real Prometheus scraping a test exporter (tests/support/prometheus.py)
+#
+#   usage_exporter  module scope; an Exporter of cAdvisor/dcgm-exporter-shaped pod metrics
+#   prometheus      module scope; a real Prometheus (scrape interval 1 s) scraping it. Ready
+#                   in <0.5 s, but Prometheus 2.42 scrapes its targets first ~5.5 s after
+#                   it starts, which the fixture waits for: one per module.
+#   usage           function scope; a tests.support.prometheus.Usage: this test's pods in a
+#                   namespace of its own on the two above (their series removed afterwards)
+#
+# Mark tests that use them with `pytest.mark.prometheus`.
+#
+# webhook: a real HTTP receiver on 127.0.0.1 (tests/support/webhook.py)
+#
+#   webhook         function scope; a WebhookReceiver recording every request, switchable
+#                   to answer 200/500, hang, redirect, or refuse connections
+# ---------------------------------------------------------------------------------------
+from collections.abc import Iterator as _Iterator  # noqa: E402
+
+if _TYPE_CHECKING:  # imported lazily, like the kube harness
+    from tests.support.prometheus import Exporter as _Exporter
+    from tests.support.prometheus import Prometheus as _Prometheus
+    from tests.support.prometheus import Usage as _Usage
+    from tests.support.webhook import WebhookReceiver as _WebhookReceiver
+
+
+@pytest.fixture(scope="module")
+def usage_exporter() -> "_Iterator[_Exporter]":
+    """An exporter of test pods' CPU/GPU usage, shared by a test module."""
+    from tests.support.prometheus import serve_exporter
+
+    with serve_exporter() as exporter:
+        yield exporter
+
+
+@pytest.fixture(scope="module")
+def prometheus(
+    usage_exporter: "_Exporter", tmp_path_factory: pytest.TempPathFactory
+) -> "_Iterator[_Prometheus]":
+    """A real Prometheus scraping `usage_exporter`, shared by a test module."""
+    from tests.support.prometheus import Prometheus
+
+    prom = Prometheus(tmp_path_factory.mktemp("prometheus"), [usage_exporter])
+    prom.start_sync()
+    try:
+        yield prom
+    finally:
+        prom.stop_sync()
+
+
+@pytest.fixture
+def usage(prometheus: "_Prometheus", usage_exporter: "_Exporter") -> "_Iterator[_Usage]":
+    """This test's pods, in a namespace of its own, on the module's exporter and Prometheus."""
+    from tests.support.prometheus import Usage
+
+    view = Usage(prometheus, usage_exporter)
+    try:
+        yield view
+    finally:
+        view.close()
+
+
+@pytest_asyncio.fixture
+async def webhook() -> "_AsyncIterator[_WebhookReceiver]":
+    """A webhook receiver on a free 127.0.0.1 port, answering 200 until told otherwise."""
+    from tests.support.webhook import webhook_receiver
+
+    async with webhook_receiver() as receiver:
+        yield receiver
