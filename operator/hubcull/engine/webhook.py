@@ -82,15 +82,17 @@ class Webhook:
         self,
         url: str,
         *,
-        timeout: float = TIMEOUT_SECONDS,
-        attempts: int = ATTEMPTS,
-        pauses: tuple[float, ...] = RETRY_PAUSES,
+        timeout: float | None = None,
+        attempts: int | None = None,
+        pauses: tuple[float, ...] | None = None,
     ) -> None:
+        """``url`` must have passed :func:`check_url`; the others default to
+        :data:`TIMEOUT_SECONDS`, :data:`ATTEMPTS` and :data:`RETRY_PAUSES`."""
         self._raw = url
         self._url = httpx.URL(url)
-        self._timeout = timeout
-        self._attempts = max(1, attempts)
-        self._pauses = pauses
+        self._timeout = TIMEOUT_SECONDS if timeout is None else timeout
+        self._attempts = max(1, ATTEMPTS if attempts is None else attempts)
+        self._pauses = RETRY_PAUSES if pauses is None else pauses
         self._transport = httpx.AsyncHTTPTransport(retries=0, proxy=_env_proxy(self._url))
 
     async def __aenter__(self) -> Webhook:
