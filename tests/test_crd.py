@@ -206,6 +206,7 @@ EXAMPLES = [
     "capacity.yaml",
     "https-ca.yaml",
     "demo.yaml",
+    "warn.yaml",
 ]
 
 DELETE = object()  # marks a key to remove in a patch
@@ -726,6 +727,14 @@ def test_example_default_is_minimal() -> None:
                 s["hub"]["url"].startswith("https://")
                 and s["hub"]["caSecretRef"]
                 and s["hub"]["requestTimeout"] != "60s"
+            ),
+        ),
+        (
+            "warn.yaml",
+            lambda s: (
+                s["warn"]["before"] == "10m"
+                and s["warn"]["webhook"]["urlSecretRef"] == {"name": "cull-webhook", "key": "url"}
+                and s["maxAge"] == "12h"
             ),
         ),
         (

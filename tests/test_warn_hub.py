@@ -259,7 +259,7 @@ async def test_webhook_failures_never_block_culls_and_are_counted(
     assert all(expected[failure] in f.error for f in outcome.result.notify.failures)
     ready = outcome.status["conditions"][0]
     assert (ready["type"], ready["status"]) == ("Ready", "True")
-    assert "2 of 2 webhook posts failed (" + expected[failure] in ready["message"]
+    assert "2 of 2 webhook posts failed: " + expected[failure] in ready["message"]
     assert url not in str(outcome.status)
     lines = decision_lines(outcome)
     assert f"FAILED   webhook warning post for near: {expected[failure]}" in "\n".join(lines)

@@ -10,12 +10,15 @@ import pytest
 from dateutil.parser import isoparse
 from prometheus_client import generate_latest
 
+from hubcull.k8s.controller import PolicyController
+from hubcull.k8s.metrics import Metrics
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.kube import Kube
 from tests.support.operator_env import NS, cullpolicy, hubcull_operator, policy_status, secret
-from tests.support.scenario import populate
+from tests.support.scenario import populate, spec_for
 from tests.support.warn_env import WEBHOOK_REF, secret_url, warn
 from tests.support.webhook import WebhookReceiver
+from tests.test_controller import SecretsAndStatus
 from tests.test_operator_e2e import wait_status
 
 pytestmark = [pytest.mark.k8s, pytest.mark.hub]
@@ -97,3 +100,52 @@ async def test_a_restart_between_warning_and_stop_warns_again_and_waits(
     assert second["message"] == "ann will be stopped in about 10s if it stays idle"
     status = await policy_status(kube)
     assert status["culledTotal"] == 1
+
+
+async def test_the_controller_says_would_warn_in_a_dry_run_and_names_a_missing_secret(
+    hub: Hub, webhook: WebhookReceiver
+) -> None:
+    """One policy's controller (no kopf; Secrets and status recorded): a dry run posts a
+    "would warn" event and nothing to the webhook; without the webhook Secret a real run
+    still warns by event, fails the post by name and succeeds."""
+    await populate(hub, {("ann", ""): 60})
+    kube = SecretsAndStatus(await hub.token(MINIMAL_SCOPES))
+    kube.values[(WEBHOOK_REF["name"], WEBHOOK_REF["key"])] = secret_url(webhook)
+    posted: list[tuple[str, str, str]] = []
+    metrics = Metrics()
+
+    def controller() -> PolicyController:
+        return PolicyController(
+            "jhub",
+            "default",
+            kube,  # type: ignore[arg-type]
+            metrics,
+            lambda *event: posted.append(event),
+        )
+
+    spec = spec_for(hub, idleTimeout="20s", every="1h", warn=warn())
+    dry = controller()
+    try:
+        delay = await dry.sweep({"metadata": {"generation": 1}, "spec": {**spec, "dryRun": True}})
+    finally:
+        await dry.close()
+    would = "would warn: ann will be stopped in about 5s if it stays idle"
+    assert posted == [("Normal", "CullWarning", would)]
+    assert 5 <= delay <= 7  # the next sweep at the would-be stop time, not in an hour
+    assert webhook.requests == []
+    del kube.values[(WEBHOOK_REF["name"], WEBHOOK_REF["key"])]
+    posted.clear()
+    real = controller()  # a new controller (Secrets are kept for a minute)
+    try:
+        await real.sweep({"metadata": {"generation": 2}, "spec": spec})
+    finally:
+        await real.close()
+    assert posted == [("Normal", "CullWarning", "ann will be stopped in about 5s if it stays idle")]
+    ready = kube.statuses[-1]["conditions"][0]
+    assert (ready["status"], ready["reason"]) == ("True", "SweepSucceeded")
+    assert ready["message"].endswith(
+        "warned 1; 1 of 1 webhook posts failed: webhook Secret cull-webhook key url is not in "
+        "namespace jhub."
+    )
+    text = generate_latest(metrics.registry).decode()
+    assert 'hubcull_warnings_total{namespace="jhub",policy="default",result="failed"} 1.0' in text

@@ -159,7 +159,7 @@ async def test_a_sweeps_posts_share_a_time_budget(
     assert len(webhook.requests) == notify_module.CONCURRENCY
     assert {f.error for f in report.failures} == {"not sent within the sweep's 1s for posts"}
     assert report.summary() == (
-        "10 of 10 webhook posts failed (not sent within the sweep's 1s for posts)"
+        "10 of 10 webhook posts failed: not sent within the sweep's 1s for posts"
     )
     webhook.release()
 
@@ -171,7 +171,7 @@ async def test_without_a_url_every_post_fails_with_the_reason(webhook: WebhookRe
     channel = WarnChannel("p", "jhub", problem=problem)
     report = await notify(policy, channel, plan.warnings, [], plan.warned)
     assert report.results == Counter(failed=1)
-    assert report.summary() == f"1 of 1 webhook posts failed ({problem})"
+    assert report.summary() == f"1 of 1 webhook posts failed: {problem}"
     # without a webhook in the policy, warnings are events only; dry runs count nothing
     plain = replace(WARN, warn=WarnSpec(600))
     report = await notify(plain, None, plan.warnings, [], plan.warned)

@@ -73,12 +73,13 @@ class NotifyReport:
         return self.results[DELIVERED] + self.results[FAILED]
 
     def summary(self) -> str | None:
-        """``2 of 5 webhook posts failed (HTTP 500)``, or ``None`` when none failed."""
+        """``2 of 5 webhook posts failed: HTTP 500 (3 attempts)``, or ``None`` when none
+        failed (at most three different reasons are named)."""
         if not self.failures:
             return None
         reasons = sorted({f.error for f in self.failures})
         shown = "; ".join(reasons[:3]) + ("; ..." if len(reasons) > 3 else "")
-        return f"{len(self.failures)} of {self.posts} webhook posts failed ({shown})"
+        return f"{len(self.failures)} of {self.posts} webhook posts failed: {shown}"
 
 
 def isotime(when: datetime) -> str:
