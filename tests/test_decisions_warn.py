@@ -203,6 +203,12 @@ def test_kernel_idle_time_warns_and_new_kernel_activity_is_a_new_stretch() -> No
     ) == {("ann", "", "idle")}
     rerun = decide(policy, at10, signals=kernels(MIN, later(10 * MIN)), warned=first.warned)
     assert stops(rerun) == set() and rerun.warned == {}
+    # the server's clock lags the Hub's: by its kernels it is idle 59m20s, 40s short of the
+    # limit although the warning's stop time has come; the next sweep is due in 40s
+    lagging = {("ann", ""): ServerSignals(KernelActivity(later(4 * MIN + 20), ago(55 * MIN)))}
+    waits = decide(policy, at10, signals=lagging, warned=first.warned)
+    assert stops(waits) == set() and waits.warnings == []
+    assert waits.next_due == later(10 * MIN + 40)
 
 
 def test_safety_limits_hold_back_a_due_server_and_keep_its_warning() -> None:

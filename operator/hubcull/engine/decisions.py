@@ -108,7 +108,7 @@ class Plan:
     @property
     def next_due(self) -> datetime | None:
         """The earliest time a warned server that waits may be stopped (the Hub's clock)."""
-        times = [w.warned.stop_after for w in [*self.warnings, *self.pending]]
+        times = [w.stop_after for w in self.warnings] + [p.due_at for p in self.pending]
         return min(times, default=None)
 
     @property
@@ -375,9 +375,16 @@ def _warn_first(
             if decision is not None:
                 stops.append(decision)
         elif what == "wait" and record is not None:
+            due = max(record.stop_after, now + timedelta(seconds=max(limit[1], 0.0)))
             plan.pending.append(
                 PendingStop(
-                    item.server.user, item.server.name, reason, item.idle or 0.0, record, over_limit
+                    item.server.user,
+                    item.server.name,
+                    reason,
+                    item.idle or 0.0,
+                    record,
+                    over_limit,
+                    due,
                 )
             )
         else:

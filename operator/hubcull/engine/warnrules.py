@@ -116,7 +116,9 @@ class WarnDecision:
 
 @dataclass(frozen=True)
 class PendingStop:
-    """A server warned in an earlier sweep that may not be stopped yet."""
+    """A server warned in an earlier sweep that may not be stopped yet. ``due`` is when it
+    may be, if nothing changes: its warning's ``stop_after``, or later if it will not be over
+    its limit by then (the server's own clock, for kernel idle times, may lag the Hub's)."""
 
     user: str
     server: str
@@ -124,11 +126,17 @@ class PendingStop:
     idle_seconds: float
     warned: Warned
     over_limit: bool = False
+    due: datetime | None = None
 
     @property
     def label(self) -> str:
         """``user/server``, or just ``user`` for a default server."""
         return f"{self.user}/{self.server}" if self.server else self.user
+
+    @property
+    def due_at(self) -> datetime:
+        """``due``, or the warning's ``stop_after`` when not given."""
+        return self.due or self.warned.stop_after
 
 
 def warning_text(warning: WarnDecision) -> str:
