@@ -84,6 +84,22 @@ def test_servers_within_before_of_the_idle_limit_are_warned_once_and_not_stopped
     assert plan10.next_due == later(15 * MIN)
 
 
+def test_a_warning_counts_from_when_it_reached_people() -> None:
+    """A sweep that took 30 seconds before its warnings went out moves them 30s later, and
+    their stop times with them; warnings given earlier stay as they are."""
+    first = decide(WARN, snap(idle_server("old", 55 * MIN)))
+    both = snap(idle_server("old", 55 * MIN), idle_server("new", 55 * MIN)).users
+    plan = decide(WARN, Snapshot.from_users(both, later(MIN)), warned=first.warned)
+    assert warnings(plan) == {("new", "", "idle")} and pending(plan) == {("old", "", "idle")}
+    plan.delay_warnings(30)
+    (warning,) = plan.warnings
+    assert (warning.warned.at, warning.stop_after) == (later(MIN + 30), later(11 * MIN + 30))
+    assert plan.warned[("new", "")] == warning.warned
+    assert plan.warned[("old", "")] == first.warned[("old", "")]
+    assert warning.text == "new will be stopped in about 10m if it stays idle"
+    assert plan.next_due == later(10 * MIN)
+
+
 def test_a_coarse_sweep_interval_never_shortens_the_wait() -> None:
     """Warned 1 minute before the limit, swept again an hour later: stopped then, not before;
     but a sweep 9 minutes after the warning (over the limit already) still waits."""

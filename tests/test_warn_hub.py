@@ -15,6 +15,7 @@ from dateutil.parser import isoparse
 
 from hubcull.cli import decision_lines
 from hubcull.engine import webhook as webhook_module
+from hubcull.engine.notify import isotime
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.scenario import ago, populate
 from tests.support.warn_env import Sweeper, hub_now, secret_url, wait_hub_time, warn
@@ -62,9 +63,11 @@ async def test_warned_once_then_stopped_no_sooner_than_before_after_the_warning(
         "text": "ann/lab will be stopped in about 5s if it stays idle (policy jhub/warn)",
     }
     assert 16 <= doc["idleSeconds"] <= 19
-    stop_after = isoparse(doc["stopAfter"])
-    assert stop_after == warning.stop_after.replace(microsecond=0)
-    assert (stop_after - first.result.now).total_seconds() == BEFORE
+    # `before` counts from the end of the sweep that gave the warning (whole seconds, plus
+    # one for the Hub's clock); the post says when the stop may come at the earliest
+    stop_after = warning.stop_after
+    assert BEFORE + 1 <= (stop_after - first.result.now).total_seconds() <= BEFORE + 4
+    assert isoparse(doc["stopAfter"]) <= stop_after
     # swept again and again: no second warning, no stop before stop_after
     outcomes = await sweeper.sweep_until(hub, lambda o: bool(culled(o)), "ann/lab stopped")
     for outcome in outcomes[:-1]:
@@ -73,7 +76,7 @@ async def test_warned_once_then_stopped_no_sooner_than_before_after_the_warning(
         assert outcome.status["warnedLastSweep"] == 0
         (line,) = decision_lines(outcome)  # what `hubcull sweep` prints meanwhile
         assert line.startswith("WAIT     ann/lab (idle, idle ")
-        assert line.endswith(f"not stopped before {doc['stopAfter']}")
+        assert line.endswith(f"not stopped before {isotime(stop_after)}")
     last = outcomes[-1].result
     assert culled(outcomes[-1]) == {"ann/lab"} and last.now >= stop_after
     assert (last.now - stop_after).total_seconds() < 3  # swept often: stopped soon after
@@ -82,7 +85,7 @@ async def test_warned_once_then_stopped_no_sooner_than_before_after_the_warning(
     assert len(warnings) == 1 and len(culls) == 1
     (cull,) = culls
     assert (cull["user"], cull["server"], cull["reason"]) == ("ann", "lab", "idle")
-    assert cull["stopAfter"] == doc["stopAfter"] and isoparse(cull["time"]) >= stop_after
+    assert cull["stopAfter"] == isotime(stop_after) and isoparse(cull["time"]) >= stop_after
     assert cull["text"].startswith("ann/lab was stopped after ")
     assert outcomes[-1].result.notify.results == {"delivered": 1}
 
@@ -105,7 +108,7 @@ async def test_a_coarse_every_still_waits_and_sweeps_again_at_the_stop_time(
     assert culled(first) == set() and [w.label for w in first.result.warnings] == ["ann"]
     assert first.status["serversIdle"] == 1 and first.status["culledLastSweep"] == 0
     delay = first.next_sweep_in(sweeper.policy.every)
-    assert BEFORE <= delay <= BEFORE + 2
+    assert BEFORE + 1 <= delay <= BEFORE + 5
     await asyncio.sleep(delay)  # what the controller and `hubcull sweep` do
     second = await sweeper.sweep()
     assert culled(second) == {"ann"}

@@ -63,8 +63,9 @@ async def test_the_operator_warns_by_event_and_webhook_then_culls_at_the_stop_ti
     assert warning["text"] == (
         "ann/gpu will be stopped in about 10s if it stays idle (policy jhub/default)"
     )
-    assert isoparse(culled["time"]) >= isoparse(warning["stopAfter"])
-    assert culled["stopAfter"] == warning["stopAfter"]
+    assert isoparse(culled["time"]) >= isoparse(culled["stopAfter"])
+    gap = isoparse(culled["stopAfter"]) - isoparse(warning["stopAfter"])
+    assert 0 <= gap.total_seconds() <= 2
     assert await hub.running_servers() == {("bob", "")}
     labels = 'namespace="jhub",policy="default"'
     assert f'hubcull_warnings_total{{{labels},result="delivered"}} 2.0' in metrics
@@ -95,8 +96,9 @@ async def test_a_restart_between_warning_and_stop_warns_again_and_waits(
     ]
     # the stop waited for the second warning, not the first
     assert isoparse(second_post["stopAfter"]) > isoparse(first_post["stopAfter"])
-    assert culled["stopAfter"] == second_post["stopAfter"]
-    assert isoparse(culled["time"]) >= isoparse(second_post["stopAfter"])
+    gap = isoparse(culled["stopAfter"]) - isoparse(second_post["stopAfter"])
+    assert 0 <= gap.total_seconds() <= 2
+    assert isoparse(culled["time"]) >= isoparse(culled["stopAfter"])
     assert second["message"] == "ann will be stopped in about 10s if it stays idle"
     status = await policy_status(kube)
     assert status["culledTotal"] == 1
@@ -131,7 +133,7 @@ async def test_the_controller_says_would_warn_in_a_dry_run_and_names_a_missing_s
         await dry.close()
     would = "would warn: ann will be stopped in about 5s if it stays idle"
     assert posted == [("Normal", "CullWarning", would)]
-    assert 5 <= delay <= 7  # the next sweep at the would-be stop time, not in an hour
+    assert 6 <= delay <= 10  # the next sweep at the would-be stop time, not in an hour
     assert webhook.requests == []
     del kube.values[(WEBHOOK_REF["name"], WEBHOOK_REF["key"])]
     posted.clear()

@@ -9,7 +9,7 @@ given in earlier sweeps (``spec.warn``) come in as :class:`~hubcull.engine.warnr
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -110,6 +110,15 @@ class Plan:
         """The earliest time a warned server that waits may be stopped (the Hub's clock)."""
         times = [w.stop_after for w in self.warnings] + [p.due_at for p in self.pending]
         return min(times, default=None)
+
+    def delay_warnings(self, seconds: float) -> None:
+        """Move this sweep's new warnings (and their stop times) ``seconds`` later: a warning
+        counts from when it reached people, at the end of the sweep that gave it."""
+        if seconds <= 0 or not self.warnings:
+            return
+        self.warnings = [replace(w, warned=w.warned.delayed(seconds)) for w in self.warnings]
+        for w in self.warnings:
+            self.warned[(w.user, w.server)] = w.warned
 
     @property
     def actions(self) -> list[ServerDecision | UserDecision]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -292,6 +293,12 @@ async def execute(
     return culls, removals, [u for u in deleted if u is not None]
 
 
+def _warning_lag(t0: float) -> int:
+    """Whole seconds from the start of the sweep until now, plus one: the Hub's clock, read
+    during the listing, has whole seconds."""
+    return math.ceil(time.monotonic() - t0) + 1
+
+
 async def run_sweep(
     policy: Policy,
     client: HubClient,
@@ -315,10 +322,15 @@ async def run_sweep(
         plan, probes = await decide_with_kernels(policy, snapshot, kernels, warned)
     else:
         plan = decide(policy, snapshot, warned=warned)
+    culls, removals, user_culls = await execute(plan, policy, client, clock)
+    # warnings reach people after the stops (posts) or after the sweep (events): they count
+    # from then, so `before` is never cut short by a long sweep
+    shifted = _warning_lag(t0)
+    plan.delay_warnings(shifted)
+    report = await notify(policy, channel, plan.warnings, culls, plan.warned)
+    plan.delay_warnings(_warning_lag(t0) - shifted)
     if warnings is not None:
         warnings.keep(plan.warned)
-    culls, removals, user_culls = await execute(plan, policy, client, clock)
-    report = await notify(policy, channel, plan.warnings, culls, plan.warned)
     return SweepResult(
         started=started,
         duration=time.monotonic() - t0,

@@ -19,8 +19,8 @@ A warning given in one sweep is remembered (:class:`Warned`, kept by
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Literal
 
 from .durations import format_duration
@@ -49,6 +49,11 @@ class Warned:
     started: datetime | None
     idle_since: datetime | None
     dry_run: bool = False
+
+    def delayed(self, seconds: float) -> Warned:
+        """The same warning, given ``seconds`` later (it reached people that much later)."""
+        shift = timedelta(seconds=seconds)
+        return replace(self, at=self.at + shift, stop_after=self.stop_after + shift)
 
     def applies(self, started: datetime | None, idle_since: datetime | None, dry_run: bool) -> bool:
         """Whether this warning still covers a server that started at ``started`` and is idle
