@@ -207,6 +207,7 @@ EXAMPLES = [
     "https-ca.yaml",
     "demo.yaml",
     "kernels.yaml",
+    "warn.yaml",
 ]
 
 DELETE = object()  # marks a key to remove in a patch
@@ -736,6 +737,14 @@ def test_example_default_is_minimal() -> None:
                 and s["kernels"]["idleFrom"] == "kernels"
                 and s["kernels"]["via"] == "pods"
                 and s["kernels"]["maxBusy"] == "1d"
+            ),
+        ),
+        (
+            "warn.yaml",
+            lambda s: (
+                s["warn"]["before"] == "10m"
+                and s["warn"]["webhook"]["urlSecretRef"] == {"name": "cull-webhook", "key": "url"}
+                and s["maxAge"] == "12h"
             ),
         ),
         (

@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from prometheus_client import generate_latest
 
 from tests.support.faultproxy import Fault, fault_proxy
 from tests.support.jhub import MINIMAL_SCOPES, Hub
@@ -41,6 +42,7 @@ from tests.support.operator_env import (
     secret,
 )
 from tests.support.scenario import populate
+from tests.support.webhook import WebhookReceiver
 
 HUBCULL = str(Path(sys.executable).with_name("hubcull"))
 REPO = Path(__file__).resolve().parents[1]
@@ -225,6 +227,106 @@ async def test_token_not_in_debug_output_of_hubcull_run_and_sweep(
             text = out.decode() + err.decode()
             assert "Unauthorized" in text and "DEBUG" in text
             assert_absent(token, "hubcull sweep -vv output", text)
+
+
+@pytest.mark.k8s
+@pytest.mark.hub
+async def test_webhook_url_appears_nowhere(
+    kube: Kube, hub: Hub, webhook: WebhookReceiver, debug_logs: Capture, tmp_path: Path
+) -> None:
+    """spec.warn.webhook's URL (a credential) is in no log line (DEBUG included), event,
+    status or metric, in the operator and in ``hubcull sweep -vv``, while its posts fail
+    (500, then a redirect) and another policy's webhook Secret is missing."""
+    await populate(hub, {("hooked", ""): 60, ("missing", ""): 60})
+    token = await hub.token(MINIMAL_SCOPES)
+    secret_part = pysecrets.token_hex(16)
+    url = f"{webhook.url}/services/T0/B0/{secret_part}"
+    webhook.respond(500)
+    warn_spec = {"before": "5s", "webhook": {"urlSecretRef": {"name": "hook", "key": "url"}}}
+    missing_spec = {**warn_spec, "webhook": {"urlSecretRef": {"name": "nohook", "key": "url"}}}
+    common = {"every": "10s", "idleTimeout": "20s"}
+    async with hubcull_operator(kube, log_level=logging.DEBUG) as (operator, memo):
+        await kube.create(secret(token))
+        await kube.create(secret(url, name="hook", key="url"))
+        await kube.create(
+            cullpolicy(hub, name="hooked", selector={"users": ["hooked"]}, warn=warn_spec, **common)
+        )
+        await kube.create(
+            cullpolicy(
+                hub, name="missing", selector={"users": ["missing"]}, warn=missing_spec, **common
+            )
+        )
+        await webhook.wait_for(1)  # the warning, answered 500 three times
+        webhook.redirect()  # and the cull's post gets a redirect
+
+        async def both_culled() -> dict[str, dict]:
+            statuses = {n: await policy_status(kube, n) for n in ("hooked", "missing")}
+            assert all(s.get("culledTotal") == 1 for s in statuses.values()), statuses
+            return statuses
+
+        statuses = await kube.wait_for(both_culled, timeout=60)
+        metrics = generate_latest(memo["metrics"].registry).decode()
+        events = await kube.wait_for(lambda: _events_with(kube, "CullWarning", 2))
+        stored = [
+            obj
+            for resource in ("v1/events", CULLPOLICIES, "v1/namespaces")
+            for obj in await kube.list(resource)
+        ]
+    assert (
+        "HTTP 302: redirects are not followed" in condition(statuses["hooked"], "Ready")["message"]
+    )
+    assert webhook.received(webhook.redirect_path) == []
+    assert (
+        "webhook Secret nohook key url is not in namespace jhub"
+        in (condition(statuses["missing"], "Ready")["message"])
+    )
+    for name in ("hooked", "missing"):
+        labels = f'namespace="jhub",policy="{name}"'
+        assert f'hubcull_warnings_total{{{labels},result="failed"}}' in metrics
+    # hubcull sweep -vv, the URL from a file, a receiver answering 500
+    await populate(hub, {("late", ""): 60})
+    webhook.respond(500)
+    url_file = tmp_path / "url"
+    url_file.write_text(url)
+    manifest = tmp_path / "policy.yaml"
+    manifest.write_text(
+        yaml.safe_dump(
+            cullpolicy(hub, name="cli", selector={"users": ["late"]}, warn=warn_spec, **common)
+        )
+    )
+    proc = await asyncio.create_subprocess_exec(
+        HUBCULL,
+        "-vv",
+        "sweep",
+        "-f",
+        str(manifest),
+        "--once",
+        "--webhook-url-file",
+        str(url_file),
+        env={**os.environ, "JUPYTERHUB_API_TOKEN": token},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    cli_output = out.decode() + err.decode()
+    assert proc.returncode == 0 and "FAILED   webhook warning post for late: HTTP 500" in cli_output
+    assert "DEBUG" in cli_output
+    logs = "\n".join(debug_logs.lines)
+    records = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in operator.records)
+    assert "DEBUG httpcore" in logs
+    for value in (url, secret_part, token):
+        assert_absent(value, "the logs", logs)
+        assert_absent(value, "the operator thread's records", records)
+        assert_absent(value, "events", yaml.safe_dump(events))
+        assert_absent(value, "status and stored objects", yaml.safe_dump(stored))
+        assert_absent(value, "metrics", metrics)
+        assert_absent(value, "hubcull sweep -vv output", cli_output)
+
+
+async def _events_with(kube: Kube, reason: str, count: int) -> list[dict]:
+    events = await kube.list("v1/events", NS)
+    assert len([e for e in events if e["reason"] == reason]) >= count
+    return events
 
 
 # --------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import yaml
 
 from .engine.durations import format_duration
 from .engine.memory import SweepMemory
+from .engine.notify import WarnChannel
 from .engine.policy import Policy, PolicyError, parse_spec
 from .engine.runner import (
     NEEDS_OPERATOR,
@@ -26,7 +27,8 @@ from .engine.runner import (
     clean_token,
     sweep_policy,
 )
-from .engine.status import describe_cull
+from .engine.status import describe_cull, isotime
+from .engine.webhook import WebhookURLError, check_url
 
 TOKEN_ENV = "JUPYTERHUB_API_TOKEN"
 API_VERSION = "hubcull.io/v1alpha1"
@@ -145,6 +147,60 @@ def read_token(token_file: str | None) -> str:
         raise CLIError(str(exc)) from None
 
 
+def read_webhook_url(path: str | None, manifests: Sequence[Manifest]) -> str | None:
+    """The URL for ``spec.warn.webhook`` from ``--webhook-url-file`` (there are no Secrets);
+    one-line errors when it is unreadable or not an http(s) URL, when no policy has a
+    webhook to use it for, or when a policy needs one and none is given (dry runs post
+    nothing and need none). The URL itself is never printed."""
+    hooked = [m for m in manifests if m.policy.warn and m.policy.warn.webhook_url_secret]
+    if path is None:
+        needs = [m.name for m in hooked if not m.policy.dry_run]
+        if needs:
+            raise CLIError(
+                f"CullPolicy {needs[0]}: spec.warn.webhook needs --webhook-url-file FILE with "
+                "hubcull sweep (it reads no Secrets), or use --dry-run"
+            )
+        return None
+    if not hooked:
+        names = ", ".join(m.name for m in manifests)
+        raise CLIError(f"--webhook-url-file: CullPolicy {names} has no spec.warn.webhook")
+    try:
+        return check_url(Path(path).read_text(), f"webhook URL file {path}")
+    except OSError as exc:
+        raise CLIError(f"cannot read webhook URL file {path}: {exc.strerror}") from None
+    except (WebhookURLError, UnicodeDecodeError) as exc:
+        raise CLIError(str(exc)) from None
+
+
+def warn_channel(manifest: Manifest, url: str | None) -> WarnChannel | None:
+    """Where a policy's webhook posts go (``None``: it has no webhook, or no URL)."""
+    warn = manifest.policy.warn
+    if url is None or warn is None or warn.webhook_url_secret is None:
+        return None
+    return WarnChannel(manifest.name, manifest.namespace or "", url=url)
+
+
+def warn_lines(outcome: SweepOutcome) -> list[str]:
+    """``spec.warn``'s lines: warnings given (``WARN``), warned servers that wait (``WAIT``)
+    and webhook posts that failed."""
+    result = outcome.result
+    if result is None:
+        return []
+    lines = []
+    for w in result.warnings:
+        idle = format_duration(w.idle_seconds)
+        head = "WOULD    warn: " if result.dry_run else "WARN     "
+        lines.append(f"{head}{w.text} (idle {idle})")
+    for p in result.pending:
+        lines.append(
+            f"WAIT     {p.label} ({p.reason}, idle {format_duration(p.idle_seconds)}): warned at "
+            f"{isotime(p.warned.at)}, not stopped before {isotime(p.warned.stop_after)}"
+        )
+    for f in result.notify.failures:
+        lines.append(f"FAILED   webhook {f.kind} post for {f.label}: {f.error}")
+    return lines
+
+
 def decision_lines(outcome: SweepOutcome) -> list[str]:
     """One line per decision, as ``hubcull sweep`` prints them (without the policy prefix)."""
     result = outcome.result
@@ -164,6 +220,7 @@ def decision_lines(outcome: SweepOutcome) -> list[str]:
             f"HELD     {d.label} ({d.reason}, idle {format_duration(d.idle_seconds)}): "
             "safety limit, waits for the next sweep"
         )
+    lines += warn_lines(outcome)
     for c in result.removals:
         verb = "WOULD    remove" if c.dry_run else ("FAILED   remove" if c.error else "REMOVED ")
         tail = f": {c.error}" if c.error else ""
@@ -247,10 +304,16 @@ def _read_ca(path: str | None) -> str | None:
 
 
 async def _sweep_loop(
-    manifest: Manifest, token: str, ca_pem: str | None, once: bool, output: str
+    manifest: Manifest,
+    token: str,
+    ca_pem: str | None,
+    once: bool,
+    output: str,
+    channel: WarnChannel | None = None,
 ) -> int:
-    """Sweep one policy every ``spec.every`` (or once); with ``once``, return the exit
-    status (1 and a line on stderr if the sweep failed)."""
+    """Sweep one policy every ``spec.every`` (or sooner when a warned server's stop is due,
+    or once); with ``once``, return the exit status (1 and a line on stderr if the sweep
+    failed)."""
     status: dict[str, Any] | None = None
     connection = HubConnection()
     memory = SweepMemory()
@@ -263,6 +326,7 @@ async def _sweep_loop(
                 ca_pem=ca_pem,
                 connection=connection,
                 memory=memory,
+                channel=channel,
             )
             print_outcome(manifest, outcome, output)
             status = outcome.status
@@ -274,17 +338,27 @@ async def _sweep_loop(
                     )
                     return 1
                 return 0
-            await asyncio.sleep(manifest.policy.every)
+            await asyncio.sleep(outcome.next_sweep_in(manifest.policy.every))
     finally:
         await connection.aclose()
 
 
 async def sweep_all(
-    manifests: Sequence[Manifest], token: str, ca_pem: str | None, once: bool, output: str
+    manifests: Sequence[Manifest],
+    token: str,
+    ca_pem: str | None,
+    once: bool,
+    output: str,
+    webhook_url: str | None = None,
 ) -> int:
     """Sweep every policy on its own schedule, concurrently; with ``once``, return the
     worst exit status of the policies' sweeps."""
-    codes = await asyncio.gather(*(_sweep_loop(m, token, ca_pem, once, output) for m in manifests))
+    codes = await asyncio.gather(
+        *(
+            _sweep_loop(m, token, ca_pem, once, output, warn_channel(m, webhook_url))
+            for m in manifests
+        )
+    )
     return max(codes, default=0)
 
 
@@ -298,10 +372,11 @@ def sweep_command(args: argparse.Namespace) -> int:
             dataclasses.replace(m, policy=dataclasses.replace(m.policy, dry_run=True))
             for m in manifests
         ]
+    webhook_url = read_webhook_url(args.webhook_url_file, manifests)
     token = read_token(args.token_file)
     ca_pem = _read_ca(args.ca_file)
     output = "status" if args.status and args.output == "text" else args.output
-    return asyncio.run(sweep_all(manifests, token, ca_pem, args.once, output))
+    return asyncio.run(sweep_all(manifests, token, ca_pem, args.once, output, webhook_url))
 
 
 def _verbosity() -> argparse.ArgumentParser:
@@ -361,6 +436,10 @@ def _parser() -> argparse.ArgumentParser:
         default="text",
         help="text: decisions and a summary line (default); yaml: a CullPolicy document with "
         "its status per sweep",
+    )
+    sweep.add_argument(
+        "--webhook-url-file",
+        help="file with the URL of spec.warn.webhook (the operator reads it from the Secret)",
     )
 
     run = commands.add_parser("run", parents=[verbosity], help="run the operator")

@@ -2,20 +2,23 @@
 
 Nothing here talks to the Hub or a server or reads a clock, so every rule can be tested on its
 own and ``hubcull sweep`` and the operator decide identically. What the servers themselves say
-(kernel probes) is gathered before and comes in as :mod:`~hubcull.engine.signals`.
+(kernel probes) is gathered before and comes in as :mod:`~hubcull.engine.signals`; warnings
+given in earlier sweeps (``spec.warn``) come in as :class:`~hubcull.engine.warnrules.Warned`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Literal
 
 from .durations import format_duration
 from .hubmodel import Server, Snapshot, User
 from .policy import Policy
 from .selection import server_in_scope, user_in_scope_for_deletion
-from .signals import ServerSignals, Signals
+from .signals import ServerKey, ServerSignals, Signals
+from .warnrules import PendingStop, WarnDecision, Warned, needs_warning, verdict
 
 Reason = Literal["idle", "maxAge", "capacity"]
 IdleSource = Literal["hub", "kernels"]
@@ -64,6 +67,7 @@ class _Running:
     age: float | None
     idle_from: IdleSource
     protection: str | None
+    idle_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -88,11 +92,33 @@ class Plan:
     removals: list[ServerDecision] = field(default_factory=list)
     user_deletions: list[UserDecision] = field(default_factory=list)
     protected: list[Protection] = field(default_factory=list)
+    #: spec.warn: warnings given this sweep, servers warned earlier that wait, and every
+    #: warning that still applies (what the policy remembers for its next sweep)
+    warnings: list[WarnDecision] = field(default_factory=list)
+    pending: list[PendingStop] = field(default_factory=list)
+    warned: dict[ServerKey, Warned] = field(default_factory=dict)
 
     @property
     def over_limit(self) -> int:
-        """Running servers over a limit (idle, maxAge or capacity), held back or not."""
-        return len(self.stops) + len(self.held_back)
+        """Running servers over a limit (idle, maxAge or capacity), held back or waiting for
+        their warning or not."""
+        waiting = [w for w in [*self.warnings, *self.pending] if w.over_limit]
+        return len(self.stops) + len(self.held_back) + len(waiting)
+
+    @property
+    def next_due(self) -> datetime | None:
+        """The earliest time a warned server that waits may be stopped (the Hub's clock)."""
+        times = [w.stop_after for w in self.warnings] + [p.due_at for p in self.pending]
+        return min(times, default=None)
+
+    def delay_warnings(self, seconds: float) -> None:
+        """Move this sweep's new warnings (and their stop times) ``seconds`` later: a warning
+        counts from when it reached people, at the end of the sweep that gave it."""
+        if seconds <= 0 or not self.warnings:
+            return
+        self.warnings = [replace(w, warned=w.warned.delayed(seconds)) for w in self.warnings]
+        for w in self.warnings:
+            self.warned[(w.user, w.server)] = w.warned
 
     @property
     def actions(self) -> list[ServerDecision | UserDecision]:
@@ -226,6 +252,7 @@ def decide(
     snapshot: Snapshot,
     now: datetime | None = None,
     signals: Signals | None = None,
+    warned: Mapping[ServerKey, Warned] | None = None,
 ) -> Plan:
     """Decide what one sweep does with ``snapshot``, judged at ``now`` (the Hub's clock).
 
@@ -234,6 +261,11 @@ def decide(
     longest-idle candidates and hold back the rest. Pending servers are skipped. ``signals``
     (kernel probes) change a server's idle time (``kernels.idleFrom``) and keep busy servers
     from idleness and capacity culls (``kernels.protectBusy``), never from ``maxAge``.
+
+    With ``spec.warn.before``, ``warned`` holds the warnings given in earlier sweeps: a
+    candidate for idleness or ``maxAge`` is stopped only once its warning is ``before`` old,
+    and servers that such a limit would stop within ``before`` are warned
+    (:mod:`~hubcull.engine.warnrules`); capacity stops do not wait.
     """
     now = now or snapshot.now
     signals = signals or {}
@@ -268,10 +300,13 @@ def decide(
                     )
                 )
     plan.running = len(running)
+    if policy.warn is not None and policy.warn.before > 0:
+        candidates = _warn_first(policy, plan, running, candidates, warned or {}, now)
     chosen = {(d.user, d.server) for d in candidates}
     not_chosen = [item for item in running if item.server.key not in chosen]
     picked = _capacity_pick(policy, not_chosen, protect=True)
     candidates += [_decision(policy, item, "capacity") for item in picked]
+    _capacity_ends_waiting(plan, {item.server.key for item in picked})
     for item in _capacity_pick(policy, not_chosen, protect=False):
         if item.protection:
             protected[item.server.key] = item.protection
@@ -291,7 +326,111 @@ def _judge(
 ) -> _Running:
     idle, source = judged_idle(policy, server, signals, now)
     age = _seconds_since(now, server.started)
-    return _Running(server, idle, age, source, protection(policy, signals))
+    if source == "kernels" and signals is not None and signals.kernels is not None:
+        since = signals.kernels.last_activity
+    else:
+        since = server.last_activity or server.started
+    return _Running(server, idle, age, source, protection(policy, signals), since)
+
+
+def _next_limit(policy: Policy, item: _Running) -> tuple[Reason, float] | None:
+    """The limit that waits for a warning and would stop a server soonest, if nothing
+    changes, and the seconds until then (``None``: no such limit can stop it)."""
+    limits: list[tuple[float, Reason]] = []
+    if policy.idle_timeout > 0 and item.idle is not None and item.protection is None:
+        limits.append((policy.idle_timeout - item.idle, "idle"))
+    if policy.max_age > 0 and item.age is not None:
+        limits.append((policy.max_age - item.age, "maxAge"))
+    if not limits:
+        return None
+    remaining, reason = min(limits)
+    return reason, remaining
+
+
+def _warn_first(
+    policy: Policy,
+    plan: Plan,
+    running: list[_Running],
+    candidates: list[ServerDecision],
+    warned: Mapping[ServerKey, Warned],
+    now: datetime,
+) -> list[ServerDecision]:
+    """The candidates that may stop now; warn or keep waiting the others (and servers that a
+    limit would stop within ``warn.before``), recording it all in ``plan``."""
+    assert policy.warn is not None
+    before = policy.warn.before
+    over = {(d.user, d.server): d for d in candidates}
+    stops = [d for d in candidates if not needs_warning(d.reason)]
+    for item in running:
+        key = item.server.key
+        decision = over.get(key)
+        if decision is not None and not needs_warning(decision.reason):
+            continue
+        if decision is not None:
+            limit: tuple[str, float] | None = (decision.reason, 0.0)
+        else:
+            limit = _next_limit(policy, item)
+        record = warned.get(key)
+        if record is not None and not record.applies(
+            item.server.started, item.idle_since, policy.dry_run
+        ):
+            record = None
+        what = verdict(before, now, None if limit is None else limit[1], record)
+        if what == "none" or limit is None:
+            continue
+        reason = limit[0]
+        over_limit = decision is not None
+        if what == "stop":
+            if decision is not None:
+                stops.append(decision)
+        elif what == "wait" and record is not None:
+            due = max(record.stop_after, now + timedelta(seconds=max(limit[1], 0.0)))
+            plan.pending.append(
+                PendingStop(
+                    item.server.user,
+                    item.server.name,
+                    reason,
+                    item.idle or 0.0,
+                    record,
+                    over_limit,
+                    due,
+                )
+            )
+        else:
+            record = Warned(
+                reason,
+                now,
+                now + timedelta(seconds=before),
+                item.server.started,
+                item.idle_since,
+                policy.dry_run,
+            )
+            plan.warnings.append(
+                WarnDecision(
+                    item.server.user,
+                    item.server.name,
+                    reason,
+                    item.idle or 0.0,
+                    policy.max_age if reason == "maxAge" else policy.idle_timeout,
+                    record,
+                    over_limit,
+                    item.idle_from,
+                )
+            )
+        plan.warned[key] = record
+    plan.warnings.sort(key=lambda w: (w.user, w.server))
+    plan.pending.sort(key=lambda w: (w.user, w.server))
+    return stops
+
+
+def _capacity_ends_waiting(plan: Plan, picked: set[ServerKey]) -> None:
+    """Servers capacity stops now no longer wait for a warning (nor get one)."""
+    if not picked:
+        return
+    plan.warnings = [w for w in plan.warnings if (w.user, w.server) not in picked]
+    plan.pending = [w for w in plan.pending if (w.user, w.server) not in picked]
+    for key in picked:
+        plan.warned.pop(key, None)
 
 
 def _over_idle_timeout(policy: Policy, item: _Running) -> bool:

@@ -3,12 +3,13 @@ by the ``hubcull sweep`` loop; lost on restart, which only costs a probe or a wa
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from .hubmodel import Server
-from .signals import KernelActivity
+from .signals import KernelActivity, ServerKey
+from .warnrules import Warned
 
 _ServerRun = tuple[str, str, str]  # (user, server, started): a restarted server is a new run
 
@@ -53,7 +54,27 @@ class KernelMemory:
 
 
 @dataclass
+class WarnMemory:
+    """The warnings (``spec.warn``) that still apply, as the last sweep left them.
+
+    Lost on restart: a server whose warning is forgotten is warned again and waits
+    ``warn.before`` from then, so a restart can delay a stop but never hasten it.
+    """
+
+    _warned: dict[ServerKey, Warned] = field(default_factory=dict)
+
+    def recall(self) -> Mapping[ServerKey, Warned]:
+        """The warnings to decide with."""
+        return dict(self._warned)
+
+    def keep(self, warned: Mapping[ServerKey, Warned]) -> None:
+        """Remember exactly ``warned`` (a sweep's decision); everything else is forgotten."""
+        self._warned = dict(warned)
+
+
+@dataclass
 class SweepMemory:
     """Everything one policy keeps between sweeps."""
 
     kernels: KernelMemory = field(default_factory=KernelMemory)
+    warnings: WarnMemory = field(default_factory=WarnMemory)

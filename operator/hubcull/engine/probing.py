@@ -6,9 +6,10 @@ whose decision can depend on their kernels are probed:
 
 * with ``idleFrom: kernels``, in-scope servers running for at least ``idleTimeout``, except
   those whose kernels were active so recently that they cannot be idle yet
-  (:class:`~hubcull.engine.memory.KernelMemory`);
-* with ``protectBusy``, the servers the decision would stop for idleness or capacity; when a
-  busy one is kept, capacity picks another server, which is probed in turn.
+  (:class:`~hubcull.engine.memory.KernelMemory`); with ``spec.warn``, ``warn.before`` earlier,
+  so that a warning is given by the kernels' idle time too;
+* with ``protectBusy``, the servers the decision would stop (or warn) for idleness or
+  capacity; when a busy one is kept, capacity picks another server, which is probed in turn.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .pods import PodSource, ServerPod
 from .policy import Policy
 from .selection import server_in_scope
 from .signals import ServerKey, ServerSignals
+from .warnrules import Warned
 
 log = logging.getLogger(__name__)
 
@@ -122,17 +124,28 @@ def running_in_scope(policy: Policy, snapshot: Snapshot) -> list[Server]:
     ]
 
 
+def _idle_horizon(policy: Policy) -> float:
+    """How long a server must be idle before its kernels matter: ``idleTimeout``, less
+    ``warn.before`` (a server is warned that long before it can be idle enough)."""
+    before = policy.warn.before if policy.warn is not None else 0.0
+    return max(policy.idle_timeout - before, 0.0)
+
+
 def _old_enough(policy: Policy, server: Server, now: datetime) -> bool:
-    """Running for at least ``idleTimeout`` (an unknown start counts as old enough)."""
+    """Running for at least the idle horizon (an unknown start counts as old enough)."""
     if server.started is None:
         return True
-    return (now - server.started).total_seconds() >= policy.idle_timeout
+    return (now - server.started).total_seconds() >= _idle_horizon(policy)
 
 
 async def decide_with_kernels(
-    policy: Policy, snapshot: Snapshot, inspection: KernelInspection
+    policy: Policy,
+    snapshot: Snapshot,
+    inspection: KernelInspection,
+    warned: Mapping[ServerKey, Warned] | None = None,
 ) -> tuple[Plan, ProbeStats]:
-    """Probe the servers whose decision depends on their kernels, then decide.
+    """Probe the servers whose decision depends on their kernels, then decide (``warned``:
+    the warnings of earlier sweeps, see :func:`~hubcull.engine.decisions.decide`).
 
     Raises :class:`~hubcull.engine.errors.PodsUnavailable` (before any probe) when the pods
     cannot be listed; a failed probe only leaves its server to the Hub's ``last_activity``.
@@ -170,13 +183,13 @@ async def decide_with_kernels(
         for server in running.values():
             if not _old_enough(policy, server, now):
                 continue
-            remembered = memory.recall(server, now, policy.idle_timeout)
+            remembered = memory.recall(server, now, _idle_horizon(policy))
             if remembered is not None:
                 signals[server.key] = ServerSignals(kernels=remembered)
             else:
                 due.append(server)
         await probe(due)
-    plan = decide(policy, snapshot, signals=signals)
+    plan = decide(policy, snapshot, signals=signals, warned=warned)
     if not kernels.protect_busy:
         return plan, stats
     for _ in range(MAX_PROBE_ROUNDS):
@@ -184,7 +197,7 @@ async def decide_with_kernels(
         if not due:
             return plan, stats
         await probe(due)
-        plan = decide(policy, snapshot, signals=signals)
+        plan = decide(policy, snapshot, signals=signals, warned=warned)
     unprobed = {key for key in _idle_or_capacity(plan) if key not in tried}
     if unprobed:
         log.warning("%d servers could not be probed in this sweep; they wait", len(unprobed))
@@ -194,7 +207,9 @@ async def decide_with_kernels(
 
 
 def _idle_or_capacity(plan: Plan) -> list[ServerKey]:
-    return [(d.user, d.server) for d in [*plan.stops, *plan.held_back] if d.reason != "maxAge"]
+    """Servers stopped, held back, warned or waiting for a reason a busy kernel prevents."""
+    every = [*plan.stops, *plan.held_back, *plan.warnings, *plan.pending]
+    return [(d.user, d.server) for d in every if d.reason != "maxAge"]
 
 
 async def _no_address(problem: str) -> ProbeOutcome:

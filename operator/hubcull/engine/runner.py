@@ -16,6 +16,7 @@ from .errors import SweepError
 from .hubclient import HubAPIError, HubClient
 from .kernelprobe import KernelProber
 from .memory import SweepMemory
+from .notify import WarnChannel
 from .pods import PodSource
 from .policy import Policy
 from .probing import KernelInspection, ServerLocator
@@ -25,6 +26,9 @@ from .sweep import Clock, SweepResult, run_sweep, utcnow
 log = logging.getLogger(__name__)
 
 SUSPENDED_MESSAGE = "Sweeps are suspended by spec.suspend; set it to false to resume culling."
+#: Seconds added when sweeping again for a warned server's stop: the Hub's ``Date`` header has
+#: whole seconds, so the next sweep must not come before the stop time has surely passed.
+DUE_MARGIN_SECONDS = 1.0
 
 
 class TokenError(ValueError):
@@ -57,6 +61,15 @@ class SweepOutcome:
     def ok(self) -> bool:
         """True when the sweep ran to the end."""
         return self.result is not None
+
+    def next_sweep_in(self, every: float) -> float:
+        """Seconds from the end of this sweep until the next one: ``every``, or less when a
+        server warned by ``spec.warn`` may be stopped sooner (then just after that time)."""
+        result = self.result
+        if result is None or result.next_due is None:
+            return every
+        due_in = (result.next_due - result.now).total_seconds() + DUE_MARGIN_SECONDS
+        return min(every, max(due_in, DUE_MARGIN_SECONDS))
 
 
 def suspended(
@@ -175,12 +188,15 @@ async def sweep_policy(
     connection: HubConnection | None = None,
     pods: PodSource | None = None,
     memory: SweepMemory | None = None,
+    channel: WarnChannel | None = None,
 ) -> SweepOutcome:
     """Sweep once (unless suspended) and return the status to write.
 
     With a ``connection`` its kept client is used (and its ``on_response``); otherwise a
     client is made for this sweep alone. ``pods`` finds the servers' pods (the operator's;
-    ``hubcull sweep`` has none) and ``memory`` is what the policy keeps between sweeps.
+    ``hubcull sweep`` has none), ``memory`` is what the policy keeps between sweeps (without
+    it, warned servers are warned again each sweep and never stopped for idleness or maxAge)
+    and ``channel`` where ``spec.warn.webhook`` posts go.
     """
     if policy.suspend:
         return suspended(previous, generation, clock)
@@ -199,9 +215,10 @@ async def sweep_policy(
             generation,
             clock,
         )
-    kernels = _kernel_inspection(policy, token, ca_pem, pods, memory or SweepMemory())
+    memory = memory or SweepMemory()
+    kernels = _kernel_inspection(policy, token, ca_pem, pods, memory)
     try:
-        result = await run_sweep(policy, client, clock, kernels)
+        result = await run_sweep(policy, client, clock, kernels, memory.warnings, channel)
     except SweepError as exc:
         log.debug("sweep failed: %s", exc)
         if isinstance(exc, HubAPIError):

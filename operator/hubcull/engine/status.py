@@ -125,6 +125,7 @@ def status_after_sweep(
     ready_message = (
         f"Swept {result.running} running servers at {isotime(result.now)}: {verb} "
         f"{len(result.culled)}, {len(result.failed)} failed"
+        + warn_summary(result)
         + (" (dry run)." if result.dry_run else ".")
     )
     conditions = set_condition(
@@ -163,9 +164,22 @@ def status_after_sweep(
         "failedLastSweep": len(result.failed),
         "serversProtected": len(result.protected),
         "probeFailedLastSweep": len(result.probe_failures),
+        "warnedLastSweep": len(result.warnings),
         "recentCulls": recent_culls(result, previous.get("recentCulls")),
         "conditions": conditions,
     }
+
+
+def warn_summary(result: SweepResult) -> str:
+    """``, warned 2; 1 of 3 webhook posts failed (HTTP 500)`` for the Ready message (empty
+    when nothing was warned and no post failed)."""
+    text = ""
+    if result.warnings:
+        text += f", {'would warn' if result.dry_run else 'warned'} {len(result.warnings)}"
+    failed = result.notify.summary()
+    if failed:
+        text += f"; {failed}"
+    return text
 
 
 def status_after_failure(

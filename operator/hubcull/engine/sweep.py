@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,8 +17,11 @@ from datetime import datetime, timezone
 from .decisions import Plan, Protection, ServerDecision, UserDecision, decide
 from .hubclient import HubAPIError, HubClient, HubError, HubForbidden
 from .hubmodel import HubDataError, Snapshot, User, parse_user
+from .memory import WarnMemory
+from .notify import NotifyReport, WarnChannel, notify
 from .policy import Policy
 from .probing import KernelInspection, ProbeFailure, ProbeStats, decide_with_kernels
+from .warnrules import PendingStop, WarnDecision
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,12 @@ class SweepResult:
     user_culls: list[UserCullRecord] = field(default_factory=list)
     protected: list[Protection] = field(default_factory=list)
     probes: ProbeStats = field(default_factory=ProbeStats)
+    #: spec.warn: warnings given, servers still waiting for theirs, the earliest time one of
+    #: those may be stopped (the Hub's clock), and the webhook posts
+    warnings: list[WarnDecision] = field(default_factory=list)
+    pending: list[PendingStop] = field(default_factory=list)
+    next_due: datetime | None = None
+    notify: NotifyReport = field(default_factory=NotifyReport)
 
     @property
     def probe_failures(self) -> list[ProbeFailure]:
@@ -283,25 +293,44 @@ async def execute(
     return culls, removals, [u for u in deleted if u is not None]
 
 
+def _warning_lag(t0: float) -> int:
+    """Whole seconds from the start of the sweep until now, plus one: the Hub's clock, read
+    during the listing, has whole seconds."""
+    return math.ceil(time.monotonic() - t0) + 1
+
+
 async def run_sweep(
     policy: Policy,
     client: HubClient,
     clock: Clock = utcnow,
     kernels: KernelInspection | None = None,
+    warnings: WarnMemory | None = None,
+    channel: WarnChannel | None = None,
 ) -> SweepResult:
     """List, decide and act once. Raises :class:`~hubcull.engine.errors.SweepError` (and culls
     nothing) when the Hub, or the servers' pods, cannot be read completely.
 
-    With ``spec.kernels``, ``kernels`` says how to reach the servers to probe them."""
+    With ``spec.kernels``, ``kernels`` says how to reach the servers to probe them. With
+    ``spec.warn``, ``warnings`` holds the warnings of earlier sweeps (none: every server is
+    warned anew) and ``channel`` where webhook posts go; they are posted after acting."""
     started = clock()
     t0 = time.monotonic()
     snapshot = await take_snapshot(policy, client, clock)
     probes = ProbeStats()
+    warned = warnings.recall() if warnings is not None else {}
     if policy.kernels is not None and kernels is not None:
-        plan, probes = await decide_with_kernels(policy, snapshot, kernels)
+        plan, probes = await decide_with_kernels(policy, snapshot, kernels, warned)
     else:
-        plan = decide(policy, snapshot)
+        plan = decide(policy, snapshot, warned=warned)
     culls, removals, user_culls = await execute(plan, policy, client, clock)
+    # warnings reach people after the stops (posts) or after the sweep (events): they count
+    # from then, so `before` is never cut short by a long sweep
+    shifted = _warning_lag(t0)
+    plan.delay_warnings(shifted)
+    report = await notify(policy, channel, plan.warnings, culls, plan.warned)
+    plan.delay_warnings(_warning_lag(t0) - shifted)
+    if warnings is not None:
+        warnings.keep(plan.warned)
     return SweepResult(
         started=started,
         duration=time.monotonic() - t0,
@@ -318,4 +347,8 @@ async def run_sweep(
         user_culls=user_culls,
         protected=plan.protected,
         probes=probes,
+        warnings=plan.warnings,
+        pending=plan.pending,
+        next_due=plan.next_due,
+        notify=report,
     )

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..engine.durations import format_duration
 from ..engine.memory import SweepMemory
+from ..engine.notify import WarnChannel
 from ..engine.policy import DEFAULT_EVERY_SECONDS, Policy, PolicyError, parse_spec
 from ..engine.runner import (
     HubConnection,
@@ -25,6 +26,7 @@ from ..engine.runner import (
 )
 from ..engine.status import describe_cull, throttle_message
 from ..engine.sweep import Clock, utcnow
+from ..engine.webhook import WebhookURLError, check_url
 from .kubeapi import KubeAPI, KubeError
 from .metrics import Metrics
 from .pods import KubePodSource
@@ -83,7 +85,7 @@ class PolicyController:
         else:
             outcome = await self._sweep(policy, generation)
         await self._finish(outcome, policy)
-        return policy.every
+        return outcome.next_sweep_in(policy.every)
 
     def resume_delay(self, body: Mapping[str, Any]) -> float:
         """Seconds until the next sweep is due by ``status.lastSweepTime``, for a loop that
@@ -150,6 +152,7 @@ class PolicyController:
             return failure, False
         if self._hub is None:
             self._hub = HubConnection(self.metrics.hub_request_counter(self.namespace, self.name))
+        channel = await self._warn_channel(policy)
         outcome = await sweep_policy(
             policy,
             token,
@@ -160,8 +163,29 @@ class PolicyController:
             connection=self._hub,
             pods=KubePodSource(self.kube, self.namespace) if policy.needs_pods else None,
             memory=self.memory,
+            channel=channel,
         )
         return outcome, token_cached or ca_cached
+
+    async def _warn_channel(self, policy: Policy) -> WarnChannel | None:
+        """Where ``spec.warn.webhook`` posts go: the URL from its Secret, or why there is none
+        (a missing or bad Secret fails the posts, never the sweep). The URL is never logged."""
+        ref = policy.warn.webhook_url_secret if policy.warn is not None else None
+        if ref is None:
+            return None
+        where = f"webhook Secret {ref.name} key {ref.key}"
+        try:
+            raw, _ = await self._secret(ref.name, ref.key)
+        except KubeError as exc:
+            return WarnChannel(self.name, self.namespace, problem=str(exc))
+        if raw is None:
+            problem = f"{where} is not in namespace {self.namespace}"
+            return WarnChannel(self.name, self.namespace, problem=problem)
+        try:
+            url = check_url(raw, where)
+        except WebhookURLError as exc:
+            return WarnChannel(self.name, self.namespace, problem=str(exc))
+        return WarnChannel(self.name, self.namespace, url=url)
 
     def _failed(self, reason: str, where: str, generation: int | None) -> SweepOutcome:
         detail = f"{where} is not in namespace {self.namespace}"
@@ -201,6 +225,7 @@ class PolicyController:
             return
         self._last_failure = (None, 0.0)
         self.metrics.record_sweep(self.namespace, self.name, result)
+        self._warning_events(outcome)
         self._cull_events(outcome)
         if result.held_back and policy is not None:
             self.post_event("Warning", "Throttled", throttle_message(result, policy))
@@ -212,6 +237,16 @@ class PolicyController:
             return
         self._last_failure = (outcome.reason, now)
         self.post_event("Warning", "SweepFailed", f"{outcome.reason}: {outcome.message}")
+
+    def _warning_events(self, outcome: SweepOutcome) -> None:
+        """One ``CullWarning`` per warning (all of them: users rely on each)."""
+        result = outcome.result
+        assert result is not None
+        for warning in result.warnings:
+            prefix = "would warn: " if result.dry_run else ""
+            self.post_event("Normal", "CullWarning", prefix + warning.text)
+        if result.notify.failures:
+            log.warning("webhook of %s/%s: %s", self.namespace, self.name, result.notify.summary())
 
     def _cull_events(self, outcome: SweepOutcome) -> None:
         result = outcome.result

@@ -72,6 +72,13 @@ class Metrics:
             (*labels, "result"),
             registry=self.registry,
         )
+        self.warnings = Counter(
+            "hubcull_warnings",
+            "Warnings and webhook posts (spec.warn) by result: event_only (no webhook), "
+            "delivered, failed",
+            (*labels, "result"),
+            registry=self.registry,
+        )
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Serve ``/metrics`` in a background thread."""
@@ -94,6 +101,8 @@ class Metrics:
         self.servers_protected.labels(namespace, policy).set(len(result.protected))
         for outcome, count in result.probes.results.items():
             self.probes.labels(namespace, policy, outcome).inc(count)
+        for outcome, count in result.notify.results.items():
+            self.warnings.labels(namespace, policy, outcome).inc(count)
         if result.dry_run:
             return
         for cull in result.culled:
