@@ -2,7 +2,8 @@
 
 Nothing here talks to the Hub or a server or reads a clock, so every rule can be tested on its
 own and ``hubcull sweep`` and the operator decide identically. What the servers themselves say
-(kernel probes) is gathered before and comes in as :mod:`~hubcull.engine.signals`.
+(kernel probes) and what their pods do (Prometheus) is gathered before and comes in as
+:mod:`~hubcull.engine.signals`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from .hubmodel import Server, Snapshot, User
 from .policy import Policy
 from .selection import server_in_scope, user_in_scope_for_deletion
 from .signals import ServerSignals, Signals
+from .usagerules import gpu_idle, usage_protection
 
-Reason = Literal["idle", "maxAge", "capacity"]
+Reason = Literal["idle", "maxAge", "capacity", "idleGPU"]
 IdleSource = Literal["hub", "kernels"]
 
 
@@ -64,6 +66,7 @@ class _Running:
     age: float | None
     idle_from: IdleSource
     protection: str | None
+    gpu_idle: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,10 +135,16 @@ def protection(policy: Policy, signals: ServerSignals | None) -> str | None:
     """Why a server must not be stopped for idleness or capacity (``None``: nothing keeps it).
 
     With ``kernels.protectBusy`` a busy kernel keeps its server unless it has been busy and
-    silent longer than ``kernels.maxBusy``.
+    silent longer than ``kernels.maxBusy``; with ``spec.usage`` so does a pod that is working
+    (:mod:`~hubcull.engine.usagerules`).
     """
-    kernels = policy.kernels
-    activity = signals.kernels if signals is not None else None
+    if signals is None:
+        return None
+    return _busy_kernel(policy, signals) or usage_protection(policy.usage, signals.usage)
+
+
+def _busy_kernel(policy: Policy, signals: ServerSignals) -> str | None:
+    kernels, activity = policy.kernels, signals.kernels
     if kernels is None or not kernels.protect_busy or activity is None:
         return None
     busy = activity.busy_silent_seconds
@@ -147,6 +156,8 @@ def protection(policy: Policy, signals: ServerSignals | None) -> str | None:
 def _limit_reason(policy: Policy, item: _Running) -> Reason | None:
     if _over_idle_timeout(policy, item) and item.protection is None:
         return "idle"
+    if item.gpu_idle and item.protection is None:
+        return "idleGPU"
     if policy.max_age > 0 and item.age is not None and item.age >= policy.max_age:
         return "maxAge"  # a hard limit: a busy kernel does not keep a server past it
     return None
@@ -172,6 +183,10 @@ def _capacity_pick(policy: Policy, remaining: list[_Running], protect: bool) -> 
 
 def _decision(policy: Policy, item: _Running, reason: Reason) -> ServerDecision:
     s = item.server
+    if reason == "idleGPU":  # its GPUs were idle at least idleTimeout; the Hub saw less
+        return ServerDecision(
+            s.user, s.name, reason, policy.idle_timeout, item.age, remove=_removes(policy, s)
+        )
     return ServerDecision(
         s.user,
         s.name,
@@ -233,7 +248,9 @@ def decide(
     the longest-idle servers above ``capacity.maxActiveServers``; safety limits keep the
     longest-idle candidates and hold back the rest. Pending servers are skipped. ``signals``
     (kernel probes) change a server's idle time (``kernels.idleFrom``) and keep busy servers
-    from idleness and capacity culls (``kernels.protectBusy``), never from ``maxAge``.
+    from idleness and capacity culls (``kernels.protectBusy``), never from ``maxAge``; usage
+    readings (``spec.usage``) keep working servers the same way and, with ``cullIdleGPU``,
+    make servers whose GPUs stayed idle for ``idleTimeout`` candidates (reason ``idleGPU``).
     """
     now = now or snapshot.now
     signals = signals or {}
@@ -253,7 +270,7 @@ def decide(
                 reason = _limit_reason(policy, item)
                 if reason is not None:
                     candidates.append(_decision(policy, item, reason))
-                elif item.protection and _over_idle_timeout(policy, item):
+                elif item.protection and (_over_idle_timeout(policy, item) or item.gpu_idle):
                     protected[server.key] = item.protection
             elif _removable(policy, server, now):
                 plan.removals.append(
@@ -291,7 +308,10 @@ def _judge(
 ) -> _Running:
     idle, source = judged_idle(policy, server, signals, now)
     age = _seconds_since(now, server.started)
-    return _Running(server, idle, age, source, protection(policy, signals))
+    usage = signals.usage if signals is not None else None
+    return _Running(
+        server, idle, age, source, protection(policy, signals), gpu_idle(policy, usage, age)
+    )
 
 
 def _over_idle_timeout(policy: Policy, item: _Running) -> bool:

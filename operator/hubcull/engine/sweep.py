@@ -18,6 +18,8 @@ from .hubclient import HubAPIError, HubClient, HubError, HubForbidden
 from .hubmodel import HubDataError, Snapshot, User, parse_user
 from .policy import Policy
 from .probing import KernelInspection, ProbeFailure, ProbeStats, decide_with_kernels
+from .signals import ServerSignals
+from .usage import UsageInspection, read_usage
 
 log = logging.getLogger(__name__)
 
@@ -288,19 +290,25 @@ async def run_sweep(
     client: HubClient,
     clock: Clock = utcnow,
     kernels: KernelInspection | None = None,
+    usage: UsageInspection | None = None,
 ) -> SweepResult:
     """List, decide and act once. Raises :class:`~hubcull.engine.errors.SweepError` (and culls
-    nothing) when the Hub, or the servers' pods, cannot be read completely.
+    nothing) when the Hub, the servers' pods or Prometheus cannot be read completely.
 
-    With ``spec.kernels``, ``kernels`` says how to reach the servers to probe them."""
+    With ``spec.kernels``, ``kernels`` says how to reach the servers to probe them; with
+    ``spec.usage``, ``usage`` how to read what their pods do."""
     started = clock()
     t0 = time.monotonic()
     snapshot = await take_snapshot(policy, client, clock)
     probes = ProbeStats()
+    signals = {}
+    if policy.usage is not None and usage is not None:
+        readings = await read_usage(policy, snapshot, usage)
+        signals = {key: ServerSignals(usage=reading) for key, reading in readings.items()}
     if policy.kernels is not None and kernels is not None:
-        plan, probes = await decide_with_kernels(policy, snapshot, kernels)
+        plan, probes = await decide_with_kernels(policy, snapshot, kernels, signals)
     else:
-        plan = decide(policy, snapshot)
+        plan = decide(policy, snapshot, signals=signals)
     culls, removals, user_culls = await execute(plan, policy, client, clock)
     return SweepResult(
         started=started,
