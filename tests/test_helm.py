@@ -83,6 +83,17 @@ MODES: dict[str, dict[str, Any]] = {
         "peering": {"enabled": True, "name": "hubcull-ha"},
         "watch": {"allNamespaces": True},
     },
+    "monitoring": {
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+        "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
+        "grafanaDashboard": {"enabled": True},
+    },
+    "inspect-servers": {"inspectServers": True, "networkPolicy": {"enabled": True}},
+    "inspect-servers-all-namespaces": {
+        "inspectServers": True,
+        "watch": {"allNamespaces": True},
+        "networkPolicy": {"enabled": True},
+    },
 }
 
 LIVENESS = ["--liveness", "http://0.0.0.0:8080/healthz"]
@@ -110,6 +121,9 @@ EXPECTED_ARGS: dict[str, list[str]] = {
         *["--all-namespaces", *METRICS, *LIVENESS],
         *["--peering", "hubcull-ha", "--priority", "$(POD_INDEX)"],
     ],
+    "monitoring": ["--namespace", "jhub", *METRICS, *LIVENESS, "--standalone"],
+    "inspect-servers": ["--namespace", "jhub", *METRICS, *LIVENESS, "--standalone"],
+    "inspect-servers-all-namespaces": ["--all-namespaces", *METRICS, *LIVENESS, "--standalone"],
 }
 
 #: RBAC as (apiGroup, resource, verb) triples: what hubcull and kopf call, nothing else.
@@ -126,6 +140,8 @@ CRD_WATCH_RULES = {
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
 }
+#: inspectServers: read the singleuser pods (spec.kernels via: pods).
+POD_RULES = {("", "pods", "get"), ("", "pods", "list")}
 
 
 def _peering_rules(resource: str) -> set[tuple[str, str, str]]:
@@ -145,6 +161,10 @@ def _is_cluster(values: dict[str, Any]) -> bool:
 
 def _watched(values: dict[str, Any]) -> list[str]:
     return values.get("watch", {}).get("namespaces") or [NAMESPACE]
+
+
+def _inspects_servers(values: dict[str, Any]) -> bool:
+    return bool(values.get("inspectServers"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,6 +228,18 @@ def _validate_object(obj: dict[str, Any]) -> None:
         assert spec["selector"]["matchLabels"], where
         assert spec["endpoints"] and all("port" in e for e in spec["endpoints"]), where
         assert set(spec) <= {"selector", "namespaceSelector", "endpoints", "jobLabel"}, where
+        return
+    if kind == "PrometheusRule":
+        # Its CRD is the Prometheus Operator's (not vendored): check the shape it defines;
+        # test_prometheus_rule_* run promtool on the rules themselves.
+        assert obj["apiVersion"] == "monitoring.coreos.com/v1", where
+        assert set(obj["spec"]) == {"groups"}, where
+        for group in obj["spec"]["groups"]:
+            assert set(group) <= {"name", "interval", "rules"} and group["rules"], where
+            for rule in group["rules"]:
+                assert set(rule) <= {"alert", "record", "expr", "for", "labels", "annotations"}
+                assert isinstance(rule["expr"], str) and rule["alert"], where
+                assert all(isinstance(v, str) for v in rule.get("labels", {}).values()), where
         return
     for version in K8S_VERSIONS:
         try:
@@ -315,6 +347,8 @@ def test_rbac_rules_are_exactly_what_the_operator_uses(mode):
         expected |= CRD_WATCH_RULES
     if _is_peering(values):
         expected |= _peering_rules("clusterkopfpeerings" if _is_cluster(values) else "kopfpeerings")
+    if _inspects_servers(values):
+        expected |= POD_RULES
     sa = one(objects, "ServiceAccount")["metadata"]
     if _is_cluster(values):
         assert not find(objects, "Role") and not find(objects, "RoleBinding")
@@ -378,9 +412,12 @@ def test_default_is_one_pod_with_recreate():
 @pytest.mark.helm
 @pytest.mark.parametrize("mode", MODES)
 def test_pod_can_reach_the_z2jh_hub(mode):
-    """The pod carries z2jh's hub.jupyter.org/network-access-hub label."""
+    """The pod carries z2jh's hub.jupyter.org/network-access-hub label, and its
+    network-access-singleuser label exactly when inspectServers is on."""
     labels = workload(render(MODES[mode]))["spec"]["template"]["metadata"]["labels"]
     assert labels["hub.jupyter.org/network-access-hub"] == "true"
+    singleuser = labels.get("hub.jupyter.org/network-access-singleuser")
+    assert singleuser == ("true" if _inspects_servers(MODES[mode]) else None)
 
 
 @pytest.mark.helm
@@ -435,8 +472,11 @@ def test_pod_id_names_the_kopf_peer():
 
 @pytest.mark.helm
 def test_image_tag_defaults_to_app_version_and_digest_wins():
-    """image.tag defaults to appVersion; a digest pins the image."""
-    assert container(render())["image"] == "hubcull:0.1.0"
+    """The released image by default, tag = appVersion; your own build by repository and
+    tag (README's from-source install); a digest pins the image."""
+    assert container(render())["image"] == "ghcr.io/hubcull/hubcull:0.1.0"
+    own = {"image": {"repository": "registry.example/me/hubcull", "tag": "dev-1"}}
+    assert container(render(own))["image"] == "registry.example/me/hubcull:dev-1"
     digest = "sha256:" + "a" * 64
     c = container(render({"image": {"repository": "r.example/hubcull", "digest": digest}}))
     assert c["image"] == f"r.example/hubcull@{digest}"
@@ -544,6 +584,8 @@ def test_servicemonitor_scrapes_the_service():
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] == service["spec"]["ports"][0]["name"]
     assert endpoint["path"] == "/metrics"
+    # hubcull's namespace label (the policy's) is kept over the target's
+    assert endpoint["honorLabels"] is True
     assert not find(render(), "ServiceMonitor")
 
 
@@ -588,6 +630,204 @@ def test_network_policy_follows_the_watched_namespaces():
     no_metrics = {"networkPolicy": {"enabled": True}, "metrics": {"enabled": False}}
     assert one(render(no_metrics), "NetworkPolicy")["spec"]["ingress"] == []
     assert not find(render(), "NetworkPolicy")
+
+
+def _egress_to(policy: dict[str, Any], port: int) -> list[dict[str, Any]]:
+    """The egress rules of a NetworkPolicy spec that open a TCP port."""
+    return [rule for rule in policy["egress"] if (port, "TCP") in _egress_ports(rule)]
+
+
+@pytest.mark.helm
+def test_inspect_servers_reaches_the_singleuser_pods():
+    """inspectServers + NetworkPolicy: egress to component=singleuser-server pods on 8888 in
+    the served namespaces; nothing of it without inspectServers."""
+    policy = one(render(MODES["inspect-servers"]), "NetworkPolicy")["spec"]
+    (rule,) = _egress_to(policy, 8888)
+    assert rule["to"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}},
+            "podSelector": {"matchLabels": {"component": "singleuser-server"}},
+        }
+    ]
+    assert _egress_ports(rule) == {(8888, "TCP")}
+    values = {
+        "inspectServers": True,
+        "networkPolicy": {"enabled": True, "singleuser": {"port": 9999}},
+        "watch": {"namespaces": ["a", "b"]},
+    }
+    (rule,) = _egress_to(one(render(values), "NetworkPolicy")["spec"], 9999)
+    assert [
+        p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in rule["to"]
+    ] == ["a", "b"]
+    cluster = one(render(MODES["inspect-servers-all-namespaces"]), "NetworkPolicy")["spec"]
+    (rule,) = _egress_to(cluster, 8888)
+    assert rule["to"] == [
+        {
+            "namespaceSelector": {},
+            "podSelector": {"matchLabels": {"component": "singleuser-server"}},
+        }
+    ]
+    assert not _egress_to(one(render(MODES["network-policy"]), "NetworkPolicy")["spec"], 8888)
+    assert not find(render({"inspectServers": True}), "NetworkPolicy")
+
+
+@pytest.mark.helm
+def test_inspect_servers_grants_pods_in_the_served_namespaces_only():
+    """The pods rule goes to each served namespace's Role (ClusterRole in cluster mode),
+    and is absent by default."""
+    values = {"inspectServers": True, "watch": {"namespaces": ["a", "b"]}}
+    roles = find(render(values), "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["a", "b"]
+    for role in roles:
+        assert POD_RULES <= _rules(role)
+        assert not {r for r in _rules(role) if r[1] == "pods"} - POD_RULES
+    assert POD_RULES <= _rules(one(render(MODES["inspect-servers-all-namespaces"]), "ClusterRole"))
+    assert not any(r[1] == "pods" for r in _rules(one(render(), "Role")))
+
+
+@pytest.mark.helm
+def test_prometheus_egress_only_when_configured():
+    """networkPolicy.prometheus: off by default; namespaces and/or pod labels select the
+    Prometheus pods on its port."""
+    assert not _egress_to(one(render(MODES["network-policy"]), "NetworkPolicy")["spec"], 9090)
+
+    def rule_for(prometheus: dict[str, Any]) -> dict[str, Any]:
+        values = {"networkPolicy": {"enabled": True, "prometheus": prometheus}}
+        (rule,) = _egress_to(one(render(values), "NetworkPolicy")["spec"], prometheus["port"])
+        return rule
+
+    labels = {"app.kubernetes.io/name": "prometheus"}
+    both = rule_for({"namespaces": ["monitoring"], "podLabels": labels, "port": 9090})
+    assert both["to"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+            "podSelector": {"matchLabels": labels},
+        }
+    ]
+    anywhere = rule_for({"podLabels": labels, "port": 9091})
+    assert anywhere["to"] == [{"namespaceSelector": {}, "podSelector": {"matchLabels": labels}}]
+    namespace_only = rule_for({"namespaces": ["monitoring"], "port": 9092})
+    assert namespace_only["to"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+
+
+@pytest.mark.helm
+def test_notes_name_the_access_servers_scope_with_inspect_servers():
+    """NOTES.txt: inspectServers needs the Hub token's access:servers scope."""
+
+    def notes(values):
+        result = run_helm(
+            ["install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client"], values
+        )
+        assert result.returncode == 0, result.output
+        return result.stdout.split("NOTES:", 1)[1]
+
+    assert "access:servers" in notes({"inspectServers": True})
+    assert "access:servers" not in notes({})
+
+
+# --------------------------------------------------------------------------------------------
+# PrometheusRule and Grafana dashboard
+
+RULES_FILE = CHART / "files" / "prometheus-rules.yaml"
+DASHBOARD_FILE = CHART / "files" / "grafana-dashboard.json"
+
+
+def _rules_file_groups() -> list[dict[str, Any]]:
+    return yaml.safe_load(RULES_FILE.read_text(encoding="utf-8"))["groups"]
+
+
+def _promtool_check(groups: list[dict[str, Any]], tmp_path) -> None:
+    """`promtool check rules` on the groups (skips without promtool, fails under CI)."""
+    from tests.test_monitoring import promtool
+
+    path = tmp_path / "rendered-rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": groups}), encoding="utf-8")
+    result = promtool("check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.helm
+def test_monitoring_is_off_by_default():
+    """No PrometheusRule, no dashboard ConfigMap unless asked for."""
+    objects = render()
+    assert not find(objects, "PrometheusRule") and not find(objects, "ConfigMap")
+
+
+@pytest.mark.helm
+def test_prometheus_rule_is_the_rule_file(tmp_path):
+    """By default the PrometheusRule's groups are files/prometheus-rules.yaml as they are,
+    with the labels Prometheus selects rules by; promtool accepts the rendered rules."""
+    rule = one(render(MODES["monitoring"]), "PrometheusRule")
+    assert rule["metadata"]["namespace"] == NAMESPACE
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    assert rule["spec"]["groups"] == _rules_file_groups()
+    alerts = [r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert alerts == ["HubcullSweepsFailing", "HubcullNoRecentSweep", "HubcullThrottled"]
+    _promtool_check(rule["spec"]["groups"], tmp_path)
+
+
+@pytest.mark.helm
+def test_prometheus_rule_window_labels_and_runbook_are_configurable(tmp_path):
+    """prometheusRule.window replaces every [30m]; alertLabels join (and may override) the
+    rules' labels; runbookURL replaces the base of every runbook_url."""
+    values = {
+        "prometheusRule": {
+            "enabled": True,
+            "window": "2h",
+            "alertLabels": {"team": "jupyter", "severity": "page"},
+            "runbookURL": "https://wiki.example/hubcull",
+        }
+    }
+    groups = one(render(values), "PrometheusRule")["spec"]["groups"]
+    rules = [r for g in groups for r in g["rules"]]
+    originals = {r["alert"]: r for g in _rules_file_groups() for r in g["rules"]}
+    for rule in rules:
+        original = originals[rule["alert"]]
+        assert "[30m]" not in rule["expr"] and "[2h]" in rule["expr"]
+        assert rule["expr"] == original["expr"].replace("[30m]", "[2h]")
+        assert rule["labels"] == {"team": "jupyter", "severity": "page"}
+        assert rule["annotations"]["runbook_url"] == (
+            f"https://wiki.example/hubcull#{rule['alert'].lower()}"
+        )
+        assert rule["for"] == original["for"]
+    _promtool_check(groups, tmp_path)
+    keep = one(
+        render({"prometheusRule": {"enabled": True, "alertLabels": {"team": "j"}}}),
+        "PrometheusRule",
+    )
+    severities = {r["alert"]: r["labels"] for g in keep["spec"]["groups"] for r in g["rules"]}
+    assert severities["HubcullThrottled"] == {"severity": "info", "team": "j"}
+
+
+@pytest.mark.helm
+def test_grafana_dashboard_configmap_for_the_sidecar():
+    """The ConfigMap carries the sidecar's label and the dashboard JSON file verbatim."""
+    config_map = one(render(MODES["monitoring"]), "ConfigMap")
+    assert config_map["metadata"]["name"] == f"{FULLNAME}-dashboard"
+    assert config_map["metadata"]["namespace"] == NAMESPACE
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    (key,) = config_map["data"]
+    assert key.endswith(".json")
+    assert json.loads(config_map["data"][key]) == json.loads(
+        DASHBOARD_FILE.read_text(encoding="utf-8")
+    )
+    values = {
+        "grafanaDashboard": {
+            "enabled": True,
+            "label": "example.com/dashboard",
+            "labelValue": "hubcull",
+            "namespace": "monitoring",
+            "annotations": {"grafana_folder": "JupyterHub"},
+        }
+    }
+    custom = one(render(values), "ConfigMap")["metadata"]
+    assert custom["labels"]["example.com/dashboard"] == "hubcull"
+    assert "grafana_dashboard" not in custom["labels"]
+    assert custom["namespace"] == "monitoring"
+    assert custom["annotations"] == {"grafana_folder": "JupyterHub"}
+    _validate_object(one(render(values), "ConfigMap"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -730,6 +970,36 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
         {"policies": {"default": {"concurrency": 0}}},
         "/policies/default/concurrency",
     ),
+    "inspect-servers-not-bool": ({"inspectServers": "yes"}, "/inspectServers"),
+    "singleuser-port-string": (
+        {"networkPolicy": {"singleuser": {"port": "notebook-port"}}},
+        "/networkPolicy/singleuser/port",
+    ),
+    "singleuser-label-not-string": (
+        {"networkPolicy": {"singleuser": {"podLabels": {"tier": 1}}}},
+        "/networkPolicy/singleuser/podLabels/tier",
+    ),
+    "prometheus-namespace-not-dns": (
+        {"networkPolicy": {"prometheus": {"namespaces": ["Monitoring"]}}},
+        "/networkPolicy/prometheus/namespaces/0",
+    ),
+    "prometheus-rule-window-words": (
+        {"prometheusRule": {"window": "30 minutes"}},
+        "/prometheusRule/window",
+    ),
+    "prometheus-rule-runbook-not-url": (
+        {"prometheusRule": {"runbookURL": "docs/monitoring.md"}},
+        "/prometheusRule/runbookURL",
+    ),
+    "prometheus-rule-without-metrics": (
+        {"metrics": {"enabled": False}, "prometheusRule": {"enabled": True}},
+        "/metrics/enabled",
+    ),
+    "dashboard-label-with-space": (
+        {"grafanaDashboard": {"label": "grafana dashboard"}},
+        "/grafanaDashboard/label",
+    ),
+    "dashboard-key-typo": ({"grafanaDashboard": {"enable": True}}, "enable"),
 }
 
 
@@ -764,8 +1034,17 @@ def test_lint_rejects_bad_values_too():
             {"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}},
             "metrics.serviceMonitor.enabled needs metrics.enabled=true",
         ),
+        (
+            {"metrics": {"enabled": False}, "prometheusRule": {"enabled": True}},
+            "prometheusRule.enabled needs metrics.enabled=true",
+        ),
     ],
-    ids=["replicas-without-peering", "all-namespaces-and-list", "servicemonitor-without-metrics"],
+    ids=[
+        "replicas-without-peering",
+        "all-namespaces-and-list",
+        "servicemonitor-without-metrics",
+        "prometheus-rule-without-metrics",
+    ],
 )
 def test_templates_refuse_bad_combinations_without_the_schema(values, message):
     """The templates `fail` too, for `helm template --skip-schema-validation` users."""
@@ -953,7 +1232,7 @@ def _check_policy(policy: dict[str, Any]) -> dict[str, Any]:
 def test_z2jh_doc_values_and_policy():
     """docs/z2jh.md's values register hubcull; its CullPolicy is z2jh's default culler."""
     blocks = _yaml_blocks(DOCS / "z2jh.md")
-    (values,) = [b for b in blocks if isinstance(b, dict) and "hub" in b]
+    values = next(b for b in blocks if isinstance(b, dict) and "hub" in b)
     _check_z2jh_values(values)
     (policy,) = [b for b in blocks if isinstance(b, dict) and b.get("kind") == "CullPolicy"]
     spec = _check_policy(policy)
@@ -962,6 +1241,37 @@ def test_z2jh_doc_values_and_policy():
     assert spec["maxAge"] == z2jh["maxAge"] and spec["concurrency"] == z2jh["concurrency"]
     assert spec["servers"]["removeNamed"] == z2jh["removeNamedServers"]
     assert spec["users"]["cull"] == z2jh["users"]
+
+
+def test_z2jh_doc_kernel_aware_role_and_proxy_caveat():
+    """docs/z2jh.md: the role for spec.kernels is the minimal one plus access:servers (with
+    the filtered form named), and via: proxy comes with last_activity_interval = 0."""
+    text = (DOCS / "z2jh.md").read_text(encoding="utf-8")
+    blocks = [b for b in _yaml_blocks(DOCS / "z2jh.md") if isinstance(b, dict) and "hub" in b]
+    roles = [b["hub"]["loadRoles"]["hubcull"] for b in blocks if "loadRoles" in b["hub"]]
+    kernels = [r for r in roles if "access:servers" in r["scopes"]]
+    assert len(kernels) == 1
+    assert kernels[0]["scopes"] == [*MINIMAL_SCOPES, "access:servers"]
+    assert kernels[0]["services"] == ["hubcull"]
+    assert "access:servers!group=gpu" in text
+    configs = [b["hub"]["config"] for b in blocks if "config" in b["hub"]]
+    assert {"JupyterHub": {"last_activity_interval": 0}} in configs
+    assert "inspectServers: true" in text
+    assert "hub.jupyter.org/network-access-singleuser" in text
+
+
+def test_deploy_rbac_documents_the_optional_pods_rule():
+    """deploy/rbac's commented pods rule is, uncommented, the chart's inspectServers rule."""
+    for name in ("role.yaml", "clusterrole.yaml"):
+        text = (REPO / "deploy" / "rbac" / name).read_text(encoding="utf-8")
+        blocks = re.findall(
+            r"^  # - apiGroups: (.*)\n  #   resources: (.*)\n  #   verbs: (.*)$", text, re.M
+        )
+        pods = [b for b in blocks if yaml.safe_load(b[1]) == ["pods"]]
+        assert len(pods) == 1, f"{name}: no commented pods rule"
+        groups, resources, verbs = (yaml.safe_load(part) for part in pods[0])
+        rule = {"apiGroups": groups, "resources": resources, "verbs": verbs}
+        assert _rules({"rules": [rule]}) == POD_RULES, name
 
 
 def test_z2jh_doc_migration_table_maps_every_cull_key():
@@ -989,13 +1299,15 @@ def test_kind_doc_commands():
     assert config["kind"] == "Cluster" and config["apiVersion"] == "kind.x-k8s.io/v1alpha4"
     assert [n["role"] for n in config["nodes"]] == ["control-plane"]
     cluster = config["name"]
-    tag = f"hubcull:{yaml.safe_load((CHART / 'Chart.yaml').read_text())['appVersion']}"
+    build = re.search(r"^docker build -t (\S+):(\S+) \.$", doc, re.M)
+    assert build, "docs/kind.md builds no image"
+    repository, tag = build.groups()
     for command in (
         "kind create cluster --config kind-config.yaml",
         "helm repo add jupyterhub https://hub.jupyter.org/helm-chart/",
-        f"docker build -t {tag} .",
-        f"kind load docker-image {tag} --name {cluster}",
+        f"kind load docker-image {repository}:{tag} --name {cluster}",
         "helm install hubcull deploy/helm/hubcull --namespace jhub",
+        f"--set image.repository={repository} --set image.tag={tag}",
         "get cullpolicies -o wide -w",
         f"kind delete cluster --name {cluster}",
     ):

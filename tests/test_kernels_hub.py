@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,6 +36,7 @@ from tests.support.jupyter import (
     start_server,
 )
 from tests.support.scenario import ago, policy_for
+from tests.test_cli import hubcull, manifest
 
 pytestmark = pytest.mark.hub
 
@@ -441,3 +443,40 @@ async def test_probes_move_neither_the_servers_nor_the_hubs_activity(lab: Lab) -
     assert await ann.last_activity() == before_server
     after_hub = (await lab.hub.get_user("ann"))["servers"][""]["last_activity"]
     assert after_hub == before_hub
+
+
+# ---------------------------------------------------------------------------- hubcull sweep
+
+
+async def test_hubcull_sweep_prints_kept_servers_and_failed_probes(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """The command line with via: proxy (it has no pods): one line per protected server and
+    per failed probe; via: pods is refused with exit status 2 and says what to use."""
+    await busy_kernel(lab.client("ann"))
+    for user in USERS:
+        await backdate(lab.hub, user, HOURS_2)
+    async with fault_proxy(lab.hub.public_url) as proxy:
+        proxy.inject(Fault("status", r"^GET /user/bob/api/kernels", status=503))
+        kernels = {"protectBusy": True, "via": "proxy", "proxyURL": proxy.url}
+        path = tmp_path / "p.yaml"
+        manifest(
+            path,
+            lab.hub.api_url,
+            idleTimeout="1h",
+            kernels=kernels,
+            selector={"users": list(USERS)},
+        )
+        code, out, err = await hubcull(
+            "sweep", "-f", str(path), "--once", "--dry-run", token=lab.token
+        )
+    assert code == 0, err
+    assert "KEEP     ann: kernel busy for " in out
+    assert "UNKNOWN  bob: probe failed (http_error: GET api/kernels answered 503)" in out
+    assert "WOULD    stop bob (idle 2h" in out and "WOULD    stop cat (idle 2h" in out
+    assert "stop ann" not in out
+
+    pods = manifest(tmp_path / "pods.yaml", lab.hub.api_url, kernels={"protectBusy": True})
+    code, out, err = await hubcull("sweep", "-f", str(pods), "--once", token=lab.token)
+    assert code == 2
+    assert "via: proxy" in err and "operator" in err and len(err.strip().splitlines()) == 1

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from .engine.runner import (
 from .engine.status import describe_cull
 
 TOKEN_ENV = "JUPYTERHUB_API_TOKEN"
+API_VERSION = "hubcull.io/v1alpha1"
 
 
 class CLIError(Exception):
@@ -38,26 +40,93 @@ class CLIError(Exception):
         self.code = code
 
 
-def load_manifest(path: str) -> tuple[str, Policy]:
-    """Read the first CullPolicy in a YAML file: its name and parsed spec."""
+@dataclass(frozen=True)
+class Manifest:
+    """One CullPolicy read from a file: its name, namespace, file and parsed spec."""
+
+    name: str
+    namespace: str | None
+    path: str
+    policy: Policy
+
+
+def yaml_error(path: str, exc: yaml.YAMLError) -> CLIError:
+    """One line for a YAML syntax error: ``FILE:LINE:COLUMN: YAML syntax error: problem``."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
+    if mark is not None and problem:
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}"
+        return CLIError(f"{where}: YAML syntax error: {' '.join(str(problem).split())}")
+    return CLIError(f"{path} is not valid YAML: {' '.join(str(exc).split())}")
+
+
+def check_hub_url(url: str) -> str:
+    """Validate ``--hub-url`` as the engine validates ``spec.hub.url``; return it."""
+    try:
+        parse_spec({"hub": {"url": url, "tokenSecretRef": {"name": "x", "key": "x"}}})
+    except PolicyError as exc:
+        problems = [p.removeprefix("spec.hub.url: ") for p in exc.problems]
+        raise CLIError(f"--hub-url: {'; '.join(problems)}") from None
+    return url
+
+
+def _documents(path: str) -> list[Any]:
+    name = "<stdin>" if path == "-" else path
     try:
         text = Path(path).read_text() if path != "-" else sys.stdin.read()
-        docs = [d for d in yaml.safe_load_all(text) if d]
     except OSError as exc:
         raise CLIError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise CLIError(f"{path} is not a text file") from None
+    try:
+        docs = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:
-        raise CLIError(f"{path} is not valid YAML: {exc}") from None
+        raise yaml_error(name, exc) from None
+    found: list[Any] = []
     for doc in docs:
-        if isinstance(doc, dict) and doc.get("kind") == "CullPolicy":
-            name = str((doc.get("metadata") or {}).get("name", "cullpolicy"))
+        if isinstance(doc, dict) and doc.get("kind") == "List":
+            found.extend(doc.get("items") or [])  # what `kubectl get -o yaml` writes
+        elif doc:
+            found.append(doc)
+    return found
+
+
+def load_manifests(paths: Sequence[str], hub_url: str | None = None) -> list[Manifest]:
+    """Every CullPolicy in the files, in order; ``hub_url`` replaces each ``spec.hub.url``.
+
+    Raises :class:`CLIError` (one line) for a file that cannot be read, a YAML syntax
+    error, a file with no CullPolicy, an invalid policy or a name used twice.
+    """
+    manifests: list[Manifest] = []
+    where: dict[str, str] = {}
+    for path in paths:
+        before = len(manifests)
+        for doc in _documents(path):
+            if not isinstance(doc, dict) or doc.get("kind") != "CullPolicy":
+                continue
+            metadata = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+            name = str(metadata.get("name") or "cullpolicy")
+            namespace = metadata.get("namespace")
+            if name in where:
+                other = where[name]
+                place = f"twice in {path}" if other == path else f"in both {other} and {path}"
+                raise CLIError(f"CullPolicy {name} is {place}: policy names must be unique")
+            where[name] = path
+            spec = doc.get("spec")
+            if hub_url is not None:
+                spec = dict(spec) if isinstance(spec, dict) else {}
+                hub = spec.get("hub")
+                spec["hub"] = {**(hub if isinstance(hub, dict) else {}), "url": hub_url}
             try:
-                policy = parse_spec(doc.get("spec"))
+                policy = parse_spec(spec)
             except PolicyError as exc:
                 raise CLIError(f"{path}: invalid CullPolicy {name}: {exc}") from None
             if policy.needs_pods:
                 raise CLIError(f"{path}: CullPolicy {name}: {NEEDS_OPERATOR}")
-            return name, policy
-    raise CLIError(f"{path} has no CullPolicy (kind: CullPolicy)")
+            manifests.append(Manifest(name, str(namespace) if namespace else None, path, policy))
+        if len(manifests) == before:
+            raise CLIError(f"{path} has no CullPolicy (kind: CullPolicy)")
+    return manifests
 
 
 def read_token(token_file: str | None) -> str:
@@ -77,7 +146,7 @@ def read_token(token_file: str | None) -> str:
 
 
 def decision_lines(outcome: SweepOutcome) -> list[str]:
-    """One line per decision, as ``hubcull sweep`` prints them."""
+    """One line per decision, as ``hubcull sweep`` prints them (without the policy prefix)."""
     result = outcome.result
     if result is None:
         return []
@@ -107,21 +176,64 @@ def decision_lines(outcome: SweepOutcome) -> list[str]:
         lines.append(f"KEEP     {p.label}: {p.why}")
     for f in result.probe_failures:
         lines.append(f"UNKNOWN  {f.label}: probe failed ({f.result}: {f.detail}); the Hub decides")
-    if not lines:
-        lines.append(
-            f"nothing to cull: {result.running} running servers in scope, none over a limit"
-        )
     return lines
 
 
-def print_outcome(name: str, outcome: SweepOutcome) -> None:
-    """Print the decisions, then the status the operator would write, as YAML."""
-    for line in decision_lines(outcome):
-        print(line)
+#: Counts of the status that the summary line shows only when they are not zero (they come
+#: from spec.kernels, spec.usage and spec.warn).
+_OPTIONAL_COUNTS = (
+    ("serversProtected", "protected"),
+    ("probeFailedLastSweep", "probes failed"),
+    ("warnedLastSweep", "warned"),
+)
+
+
+def summary_line(outcome: SweepOutcome) -> str:
+    """One line for a sweep: what it found and did, or why it did not run (``Ready``'s
+    reason and message)."""
+    status = outcome.status
     if outcome.result is None:
-        print(f"sweep of {name} did not run: {outcome.reason}: {outcome.message}")
-    status = {k: v for k, v in outcome.status.items() if v is not None}
-    print(yaml.safe_dump({"status": status}, sort_keys=False).rstrip())
+        if outcome.reason == "Suspended":
+            return f"suspended: {outcome.message}"
+        return f"sweep failed, Ready False ({outcome.reason}): {outcome.message}"
+    dry_run = outcome.result.dry_run
+    parts = [
+        f"{status.get('serversIdle', 0)} over a limit",
+        f"{'would cull' if dry_run else 'culled'} {status.get('culledLastSweep', 0)}",
+        f"{status.get('failedLastSweep', 0)} failed",
+    ]
+    parts += [f"{status[key]} {label}" for key, label in _OPTIONAL_COUNTS if status.get(key)]
+    running = status.get("serversRunning", 0)
+    line = f"swept {running} running server{'' if running == 1 else 's'}: " + ", ".join(parts)
+    return line + (" (dry run)" if dry_run else "")
+
+
+def status_yaml(status: dict[str, Any]) -> str:
+    """The status as the operator would write it, as a YAML ``status:`` block."""
+    kept = {k: v for k, v in status.items() if v is not None}
+    return yaml.safe_dump({"status": kept}, sort_keys=False).rstrip()
+
+
+def print_outcome(manifest: Manifest, outcome: SweepOutcome, output: str = "text") -> None:
+    """Print one sweep of one policy.
+
+    ``text``: each decision and a summary line, prefixed with ``[name]``; ``status``: the
+    same, then the status block; ``yaml``: only a CullPolicy YAML document with the status.
+    """
+    if output == "yaml":
+        metadata = {"name": manifest.name}
+        if manifest.namespace:
+            metadata["namespace"] = manifest.namespace
+        doc = {"apiVersion": API_VERSION, "kind": "CullPolicy", "metadata": metadata}
+        doc["status"] = {k: v for k, v in outcome.status.items() if v is not None}
+        print(yaml.safe_dump(doc, sort_keys=False, explicit_start=True).rstrip())
+    else:
+        prefix = f"[{manifest.name}]"
+        for line in decision_lines(outcome):
+            print(f"{prefix} {line}")
+        print(f"{prefix} {summary_line(outcome)}")
+        if output == "status":
+            print(status_yaml(outcome.status))
     sys.stdout.flush()
 
 
@@ -134,38 +246,76 @@ def _read_ca(path: str | None) -> str | None:
         raise CLIError(f"cannot read CA file {path}: {exc.strerror}") from None
 
 
-async def _sweep_loop(name: str, policy: Policy, token: str, ca_pem: str | None, once: bool) -> int:
+async def _sweep_loop(
+    manifest: Manifest, token: str, ca_pem: str | None, once: bool, output: str
+) -> int:
+    """Sweep one policy every ``spec.every`` (or once); with ``once``, return the exit
+    status (1 and a line on stderr if the sweep failed)."""
     status: dict[str, Any] | None = None
     connection = HubConnection()
     memory = SweepMemory()
     try:
         while True:
             outcome = await sweep_policy(
-                policy,
+                manifest.policy,
                 token,
                 previous=status,
                 ca_pem=ca_pem,
                 connection=connection,
                 memory=memory,
             )
-            print_outcome(name, outcome)
+            print_outcome(manifest, outcome, output)
             status = outcome.status
             if once:
                 if outcome.reason and outcome.reason != "Suspended":
-                    raise CLIError(f"{outcome.reason}: {outcome.message}", code=1)
+                    print(
+                        f"hubcull: [{manifest.name}] {outcome.reason}: {outcome.message}",
+                        file=sys.stderr,
+                    )
+                    return 1
                 return 0
-            await asyncio.sleep(policy.every)
+            await asyncio.sleep(manifest.policy.every)
     finally:
         await connection.aclose()
 
 
+async def sweep_all(
+    manifests: Sequence[Manifest], token: str, ca_pem: str | None, once: bool, output: str
+) -> int:
+    """Sweep every policy on its own schedule, concurrently; with ``once``, return the
+    worst exit status of the policies' sweeps."""
+    codes = await asyncio.gather(*(_sweep_loop(m, token, ca_pem, once, output) for m in manifests))
+    return max(codes, default=0)
+
+
 def sweep_command(args: argparse.Namespace) -> int:
-    """``hubcull sweep``: load the manifest and token, then sweep once or every ``spec.every``."""
-    name, policy = load_manifest(args.file)
+    """``hubcull sweep``: load the manifests and the token, then sweep every policy once or
+    every ``spec.every``."""
+    hub_url = check_hub_url(args.hub_url) if args.hub_url is not None else None
+    manifests = load_manifests(args.file, hub_url)
     if args.dry_run:
-        policy = dataclasses.replace(policy, dry_run=True)
+        manifests = [
+            dataclasses.replace(m, policy=dataclasses.replace(m.policy, dry_run=True))
+            for m in manifests
+        ]
     token = read_token(args.token_file)
-    return asyncio.run(_sweep_loop(name, policy, token, _read_ca(args.ca_file), args.once))
+    ca_pem = _read_ca(args.ca_file)
+    output = "status" if args.status and args.output == "text" else args.output
+    return asyncio.run(sweep_all(manifests, token, ca_pem, args.once, output))
+
+
+def _verbosity() -> argparse.ArgumentParser:
+    """``-v``, accepted before and after the subcommand (counted into ``verbose_after``)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "-v",
+        "--verbose",
+        dest="verbose_after",
+        action="count",
+        default=0,
+        help="more logging (-vv: debug)",
+    )
+    return parent
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -174,17 +324,46 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     commands = parser.add_subparsers(dest="command", required=True)
+    verbosity = _verbosity()
 
     sweep = commands.add_parser(
-        "sweep", help="sweep a Hub with a CullPolicy manifest, without Kubernetes"
+        "sweep",
+        parents=[verbosity],
+        help="sweep a Hub with CullPolicy manifests, without Kubernetes",
+        description="Sweep a Hub with every CullPolicy in the files, each on its own "
+        "spec.every, with no Kubernetes: the token comes from $" + TOKEN_ENV + ".",
     )
-    sweep.add_argument("-f", "--file", required=True, help="a YAML file with a CullPolicy")
-    sweep.add_argument("--once", action="store_true", help="sweep once and exit")
+    sweep.add_argument(
+        "-f",
+        "--file",
+        action="append",
+        required=True,
+        help="a YAML file with one or more CullPolicies ('-': stdin); repeatable",
+    )
+    sweep.add_argument("--once", action="store_true", help="sweep each policy once and exit")
     sweep.add_argument("--dry-run", action="store_true", help="decide and report, cull nothing")
+    sweep.add_argument(
+        "--hub-url",
+        help="use this Hub API URL instead of spec.hub.url, e.g. a port-forwarded "
+        "http://127.0.0.1:8081/hub/api",
+    )
     sweep.add_argument("--token-file", help=f"file with the Hub token (default: ${TOKEN_ENV})")
     sweep.add_argument("--ca-file", help="PEM bundle to trust for an https Hub")
+    sweep.add_argument(
+        "--status",
+        action="store_true",
+        help="after each sweep, print the status the operator would write",
+    )
+    sweep.add_argument(
+        "-o",
+        "--output",
+        choices=("text", "yaml"),
+        default="text",
+        help="text: decisions and a summary line (default); yaml: a CullPolicy document with "
+        "its status per sweep",
+    )
 
-    run = commands.add_parser("run", help="run the operator")
+    run = commands.add_parser("run", parents=[verbosity], help="run the operator")
     scope = run.add_mutually_exclusive_group()
     scope.add_argument(
         "-n",
@@ -208,11 +387,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def log_level(args: argparse.Namespace) -> int:
+    """WARNING, INFO with ``-v``, DEBUG with ``-vv``, counting ``-v`` on both sides of the
+    subcommand."""
+    return logging.WARNING - 10 * min(args.verbose + args.verbose_after, 2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hubcull`` console script."""
     args = _parser().parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level(args), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         if args.command == "sweep":
             return sweep_command(args)
@@ -222,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return run_operator(args)
         except OperatorConfigError as exc:
-            raise CLIError(str(exc)) from None
+            raise CLIError(str(exc), code=exc.code) from None
     except CLIError as exc:
         print(f"hubcull: {exc}", file=sys.stderr)
         return exc.code

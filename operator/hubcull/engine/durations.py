@@ -49,20 +49,23 @@ def parse_duration(value: object) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """Format seconds the way people read idle times: ``4212`` becomes ``"1h10m"``."""
-    total = max(0, int(seconds))
-    if total < 60:
-        return f"{total}s"
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = []
-    if days:
-        parts.append(f"{days}d")
-    if hours:
-        parts.append(f"{hours}h")
-    if minutes:
-        parts.append(f"{minutes}m")
-    if secs and not days and not hours:
-        parts.append(f"{secs}s")
+    """Format seconds the way people read idle times, rounded rather than cut.
+
+    Under an hour: to the nearest second (``59.6`` is ``"1m"``, ``754.4`` is ``"12m34s"``).
+    From an hour on: to the nearest minute (``4212`` is ``"1h10m"``, ``32399.9`` is ``"9h"``,
+    ``93600`` is ``"1d2h"``). Halves round up; negative values are ``"0s"``.
+    """
+    if not math.isfinite(seconds):
+        return "unknown"
+    value = max(0.0, float(seconds))
+    total = math.floor(value + 0.5)
+    if total < 3600:
+        minutes, secs = divmod(total, 60)
+        if not minutes:
+            return f"{secs}s"
+        return f"{minutes}m{secs}s" if secs else f"{minutes}m"
+    total_minutes = math.floor(value / 60 + 0.5)
+    days, rest = divmod(total_minutes, 1440)
+    hours, minutes = divmod(rest, 60)
+    parts = [f"{n}{unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "m")) if n]
     return "".join(parts)

@@ -17,6 +17,7 @@ from typing import Any
 import kopf
 
 from .controller import PolicyController
+from .health import ApiHealth, NoCredentialsError, find_credentials
 from .kubeapi import GROUP, PLURAL, VERSION, KubeAPI
 
 FINALIZER = "hubcull.io/sweeper"
@@ -28,6 +29,8 @@ PEERING_SETTLE_SECONDS = 5.0
 #: kopf's peering lifetime in seconds (kopf's default: 60): how long after its last keep-alive
 #: a peer that died without a goodbye (SIGKILL, lost node) still holds off the standbys.
 PEERING_LIFETIME_ENV = "HUBCULL_PEERING_LIFETIME"
+#: Finalizers released at once on shutdown.
+RELEASE_CONCURRENCY = 20
 
 
 @kopf.on.startup()
@@ -66,20 +69,43 @@ class LoginBox:
     info: kopf.ConnectionInfo | None = None
 
 
+#: Seconds before kopf tries the login handler again after it found no credentials.
+LOGIN_RETRY_SECONDS = 10.0
+
+
 @kopf.on.login()
-def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
+def login(memo: kopf.Memo, logger: logging.Logger, **kwargs: Any) -> kopf.ConnectionInfo:
     """Log in as kopf would by default, and keep the credentials for our own API calls.
 
     kopf calls this again when the API server rejects the credentials, so rotated service
-    account tokens reach :class:`KubeAPI` too.
+    account tokens reach :class:`KubeAPI` too. Without credentials it fails with one line
+    (no traceback), marks the operator unhealthy and is tried again after
+    :data:`LOGIN_RETRY_SECONDS`.
     """
-    info = (
-        kopf.login_via_client(**kwargs)
-        or kopf.login_with_service_account(**kwargs)
-        or kopf.login_with_kubeconfig(**kwargs)
-    )
+    health: ApiHealth | None = memo.get("health")
+    try:
+        info = find_credentials(kwargs["settings"], logger)
+    except NoCredentialsError as exc:
+        if health is not None:
+            health.login_failed(str(exc))
+        raise kopf.TemporaryError(str(exc), delay=LOGIN_RETRY_SECONDS) from None
+    if health is not None:
+        health.login_succeeded()
     memo.setdefault("login", LoginBox()).info = info
     return info
+
+
+@kopf.on.probe(id="apiserver")
+def api_server_probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+    """Liveness: fail (``/healthz`` answers 500) while the operator cannot log in to the API
+    server or has not listed and watched its CullPolicies for the grace period."""
+    health: ApiHealth | None = memo.get("health")
+    if health is None:  # operators started without hubcull run's heartbeat (tests)
+        return {"monitored": False}
+    problem = health.problem()
+    if problem is not None:
+        raise kopf.PermanentError(problem)
+    return health.report()
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, id="sweeper", cancellation_timeout=10.0)
@@ -176,9 +202,15 @@ async def release_policies(memo: kopf.Memo, logger: logging.Logger, **_: Any) ->
     """On a clean shutdown, drop our finalizer so that deleting policies (or uninstalling
     hubcull) never leaves them stuck in Terminating; the next operator adds it back."""
     kube: KubeAPI = memo["kube"]
-    for namespace, name in sorted(memo.get("served", ())):
-        try:
-            await kube.remove_finalizer(namespace, name, FINALIZER)
-        except Exception as exc:
-            logger.warning("could not drop the finalizer of %s/%s: %s", namespace, name, exc)
+    in_flight = asyncio.Semaphore(RELEASE_CONCURRENCY)
+
+    async def release(namespace: str, name: str) -> None:
+        async with in_flight:
+            try:
+                await kube.remove_finalizer(namespace, name, FINALIZER)
+            except Exception as exc:
+                logger.warning("could not drop the finalizer of %s/%s: %s", namespace, name, exc)
+
+    # concurrently: an operator serving many policies must stop within its grace period
+    await asyncio.gather(*(release(ns, name) for ns, name in sorted(memo.get("served", ()))))
     await kube.aclose()

@@ -110,6 +110,9 @@ do. Included by the workload template, so every render runs them.
 {{- if and $v.metrics.serviceMonitor.enabled (not $v.metrics.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.enabled=true: there is nothing to scrape otherwise." }}
 {{- end }}
+{{- if and $v.prometheusRule.enabled (not $v.metrics.enabled) }}
+{{- fail "prometheusRule.enabled needs metrics.enabled=true: the alerts read the operator's metrics." }}
+{{- end }}
 {{- if and $v.networkPolicy.enabled (not $v.networkPolicy.apiServer.cidrs) }}
 {{- fail "networkPolicy.apiServer.cidrs is empty: the operator could not reach the Kubernetes API server." }}
 {{- end }}
@@ -184,6 +187,13 @@ comments in templates/rbac.yaml). Argument: the root context.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if .Values.inspectServers }}
+# inspectServers (spec.kernels via: pods): list the singleuser pods of a policy's namespace
+# (component=singleuser-server) to find each server's pod IP and port; get reads one pod.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list"]
+{{- end }}
 {{- if .Values.watch.allNamespaces }}
 # Cluster mode only: kopf (unless run with settings.scanning.disabled) watches CRDs to notice
 # the CullPolicy CRD being installed or upgraded at run time. Read-only, no Secrets in it.
@@ -206,6 +216,10 @@ metadata:
     {{- include "hubcull.selectorLabels" . | nindent 4 }}
     # z2jh's Hub NetworkPolicy admits pods with this label to the Hub's API port.
     hub.jupyter.org/network-access-hub: "true"
+    {{- if .Values.inspectServers }}
+    # z2jh's singleuser NetworkPolicy admits pods with this label to the servers' port.
+    hub.jupyter.org/network-access-singleuser: "true"
+    {{- end }}
     {{- with .Values.podLabels }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
