@@ -207,6 +207,7 @@ EXAMPLES = [
     "https-ca.yaml",
     "demo.yaml",
     "kernels.yaml",
+    "gpu-usage.yaml",
 ]
 
 DELETE = object()  # marks a key to remove in a patch
@@ -736,6 +737,16 @@ def test_example_default_is_minimal() -> None:
                 and s["kernels"]["idleFrom"] == "kernels"
                 and s["kernels"]["via"] == "pods"
                 and s["kernels"]["maxBusy"] == "1d"
+            ),
+        ),
+        (
+            "gpu-usage.yaml",
+            lambda s: (
+                s["usage"]["cullIdleGPU"]
+                and s["usage"]["busyGPU"] > 0
+                and s["usage"]["busyCPU"] > 0
+                and s["usage"]["queries"]["gpu"].startswith("max by (namespace, pod)")
+                and s["selector"]["profiles"] == ["gpu"]
             ),
         ),
         (

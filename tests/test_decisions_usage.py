@@ -146,9 +146,7 @@ def test_gpu_busy_in_the_window_keeps_a_server_idle_over_the_timeout() -> None:
     """A window longer than idleTimeout can see work that idleTimeout no longer covers."""
     usage = replace(GPU_CULL.usage, window=7200)
     snapshot = snap(user("a", server("a", **HUB_FRESH)))
-    plan = decide(
-        replace(GPU_CULL, usage=usage), snapshot, signals={("a", ""): reading(40, 50, 5)}
-    )
+    plan = decide(replace(GPU_CULL, usage=usage), snapshot, signals={("a", ""): reading(40, 50, 5)})
     assert stops(plan) == set()
     assert [p.why for p in plan.protected] == ["GPU 50% in the last 2h"]
 
