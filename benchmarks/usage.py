@@ -30,6 +30,7 @@ import dataclasses
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,10 +41,11 @@ from typing import Any
 
 import httpx
 from tests.support.jhub import MINIMAL_SCOPES, launch_hub
-from tests.support.prometheus import Prometheus, serve_exporter
+from tests.support.prometheus import Prometheus, find_prometheus, serve_exporter
 from tests.support.scenario import TOKEN_REF
 
 from benchmarks.harness import ActivityPlan, BenchHub, cpu_seconds, user_name
+from benchmarks.run import environment
 from hubcull.engine.memory import SweepMemory
 from hubcull.engine.pods import ServerPod
 from hubcull.engine.policy import Policy, parse_spec
@@ -107,11 +109,23 @@ class UsageResults:
     prometheus_idle_cores: float
     queries: list[QueryCost]
     sweep: SweepCost
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def progress(message: str) -> None:
     """Progress on stderr, with the time."""
     print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def prometheus_version() -> str:
+    """``prometheus --version``'s first line, e.g. ``prometheus, version 2.42.0 (...)``."""
+    try:
+        out = subprocess.run(
+            [find_prometheus(), "--version"], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+    return (out.stdout or out.stderr).splitlines()[0].strip()
 
 
 def pod_name(index: int) -> str:
@@ -287,13 +301,16 @@ async def run(config: UsageConfig, workdir: Path) -> UsageResults:
             sweep = await measure_sweeps(prom, config, workdir)
         finally:
             await prom.stop()
-    return UsageResults(config, series, samples, setup, idle, queries, sweep)
+    env = {**environment(""), "prometheus": prometheus_version()}
+    return UsageResults(config, series, samples, setup, idle, queries, sweep, env)
 
 
 def report(results: UsageResults) -> str:
     """The results as Markdown."""
     c = results.config
-    lines = [
+    lines = [f"- {key}: {value}" for key, value in results.env.items() if value != "?"]
+    lines += [
+        "",
         f"{c.pods} pods, {results.series} series ({c.scrape_interval:g} s scrape interval), "
         f"window {c.window / 60:g}m, idleTimeout {c.idle_timeout / 60:g}m; Prometheus idles "
         f"at {100 * results.prometheus_idle_cores:.2f} % of a core.",
