@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import sys
 import time
+from base64 import b64encode
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -331,13 +333,23 @@ async def test_the_token_goes_only_into_the_authorization_header(lab: Lab) -> No
     assert "***" in (echoed.message or "")
 
 
-async def test_a_user_and_password_in_the_url_are_never_shown(lab: Lab) -> None:
+async def test_a_user_and_password_in_the_url_are_basic_auth_and_never_shown(
+    lab: Lab, caplog: pytest.LogCaptureFixture
+) -> None:
     await lab.servers({"ann": HUB_IDLE})
-    outcome = await lab.sweep({"busyCPU": 1}, url="http://admin:s3cret@127.0.0.1:9/prom/")
-    assert outcome.reason == "UsageUnavailable"
-    message = outcome.message or ""
-    assert "Prometheus at http://127.0.0.1:9/prom cannot be reached" in message
-    assert "s3cret" not in message and "admin" not in message
+    caplog.set_level(logging.DEBUG)
+    async with fault_proxy(lab.usage.prometheus.url) as proxy:
+        url = proxy.url.replace("http://", "http://admin:s3cret@") + "/"
+        ok = await lab.sweep({"busyCPU": 1}, url=url, dryRun=True)
+        assert ok.result is not None, ok.message
+        [request] = proxy.requests(QUERY)
+        assert request.headers["authorization"] == "Basic " + b64encode(b"admin:s3cret").decode()
+        await proxy.refuse()
+        down = await lab.sweep({"busyCPU": 1}, url=url)
+    message = down.message or ""
+    assert f"Prometheus at {proxy.url} cannot be reached" in message
+    assert "s3cret" not in message + caplog.text
+    assert "HTTP Request: GET " + proxy.url in caplog.text  # httpx logs the URL it used
 
 
 # ---------------------------------------------------------------------------- hubcull sweep

@@ -3,8 +3,8 @@
 Every request has a timeout (also sent to Prometheus as the query's own ``timeout``, so that
 it stops evaluating too), follows no redirect and reads at most :data:`MAX_ANSWER_BYTES`.
 Whatever goes wrong raises :class:`UsageUnavailable`: a sweep that cannot read usage decides
-nothing. The bearer token is sent only in the ``Authorization`` header and never appears in
-messages or logs; neither does any user:password part of the URL.
+nothing. The bearer token (or a ``user:password@`` of the URL, sent as basic auth) goes only
+into the ``Authorization`` header and never appears in messages or logs.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
@@ -58,15 +58,20 @@ class PrometheusClient:
         on_query: Callable[[QueryResult], None] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
-        self.where = f"Prometheus at {display_url(url)}"
+        parts = urlsplit(url)
+        self.url = display_url(url)  # requests go here; the user:password become basic auth
+        self.where = f"Prometheus at {self.url}"
         self.timeout = timeout
         self._token = token
         self._on_query = on_query
         headers = {"User-Agent": "hubcull", "Accept": "application/json"}
+        auth = None
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        elif parts.username is not None:
+            auth = httpx.BasicAuth(unquote(parts.username), unquote(parts.password or ""))
         self._http = httpx.AsyncClient(
+            auth=auth,
             headers=headers,
             timeout=httpx.Timeout(timeout),
             verify=make_ssl_context(ca_pem),
