@@ -352,6 +352,23 @@ async def test_a_user_and_password_in_the_url_are_basic_auth_and_never_shown(
     assert "HTTP Request: GET " + proxy.url in caplog.text  # httpx logs the URL it used
 
 
+async def test_prometheus_is_read_while_the_hub_is_listed_and_a_hub_failure_wins() -> None:
+    """The queries run concurrently with the Hub listing; when both fail, the reason is the
+    Hub's (and the reading is cancelled)."""
+    down = "http://127.0.0.1:9"
+    policy = policy_for(
+        down + "/hub/api",
+        hub={"url": down + "/hub/api", "tokenSecretRef": TOKEN_REF, "requestTimeout": "1s"},
+        usage={"prometheus": {"url": down}, "busyCPU": 1},
+    )
+    queries: list[str] = []
+    outcome = await sweep_policy(
+        policy, "t", pods=PodNames({}), namespace="jhub", on_query=queries.append
+    )
+    assert outcome.reason == "HubUnreachable"
+    assert queries == ["unreachable"]
+
+
 # ---------------------------------------------------------------------------- hubcull sweep
 
 

@@ -18,8 +18,7 @@ from .hubclient import HubAPIError, HubClient, HubError, HubForbidden
 from .hubmodel import HubDataError, Snapshot, User, parse_user
 from .policy import Policy
 from .probing import KernelInspection, ProbeFailure, ProbeStats, decide_with_kernels
-from .signals import ServerSignals
-from .usage import UsageInspection, read_usage
+from .usage import UsageInspection, UsageRead
 
 log = logging.getLogger(__name__)
 
@@ -299,12 +298,15 @@ async def run_sweep(
     ``spec.usage``, ``usage`` how to read what their pods do."""
     started = clock()
     t0 = time.monotonic()
-    snapshot = await take_snapshot(policy, client, clock)
+    reading = UsageRead(policy, usage) if policy.usage is not None and usage is not None else None
+    try:
+        snapshot = await take_snapshot(policy, client, clock)
+    except BaseException:
+        if reading is not None:
+            await reading.cancel()
+        raise
     probes = ProbeStats()
-    signals = {}
-    if policy.usage is not None and usage is not None:
-        readings = await read_usage(policy, snapshot, usage)
-        signals = {key: ServerSignals(usage=reading) for key, reading in readings.items()}
+    signals = await reading.signals(snapshot) if reading is not None else {}
     if policy.kernels is not None and kernels is not None:
         plan, probes = await decide_with_kernels(policy, snapshot, kernels, signals)
     else:

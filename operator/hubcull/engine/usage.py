@@ -5,7 +5,8 @@ One instant query per signal per sweep covers every pod of the namespace
 listing as ``spec.kernels`` (pod name -> server), by the rows' ``namespace`` and ``pod``
 labels, else ``exported_namespace`` and ``exported_pod``. A server without rows gets no
 reading: unknown, so the Hub (and ``spec.kernels``) decide for it. A query that fails
-raises :class:`~hubcull.engine.errors.UsageUnavailable` and the sweep decides nothing.
+raises :class:`~hubcull.engine.errors.UsageUnavailable` and the sweep decides nothing. The
+queries and the pod listing run while the Hub is listed (:class:`UsageRead`).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from .hubmodel import Snapshot
+from .pods import ServerPod
 from .policy import Policy
 from .probing import ServerLocator, running_in_scope
 from .promclient import PrometheusClient, PromSample
-from .signals import ServerKey, UsageReading
+from .signals import ServerKey, ServerSignals, UsageReading
 from .usagequeries import PART_LABEL, Signal, usage_queries
 
 #: How errors name each query.
@@ -110,19 +112,18 @@ def gpu_idle_readings(rows: Mapping[ServerKey, list[PromSample]]) -> dict[Server
     return readings
 
 
-async def read_usage(
-    policy: Policy, snapshot: Snapshot, inspection: UsageInspection
-) -> dict[ServerKey, UsageReading]:
-    """The usage readings of the running servers in scope (only servers with at least one).
+@dataclass
+class _Answers:
+    """What Prometheus and the pod listing said, before mapping to servers."""
 
-    Lists the pods (once per sweep, through the shared locator) and sends the queries
-    concurrently. Raises :class:`~hubcull.engine.errors.UsageUnavailable` (or
-    ``PodsUnavailable``) when any of them fails: then nothing may be decided.
-    """
-    running = {server.key for server in running_in_scope(policy, snapshot)}
+    pods: Mapping[ServerKey, ServerPod]
+    results: list[tuple[Signal, list[PromSample]]]
+
+
+async def _fetch(policy: Policy, inspection: UsageInspection) -> _Answers:
+    """List the pods (once per sweep, through the shared locator) and send the queries, all
+    concurrently; the first failure (pods first, then the queries in order) is raised."""
     queries = usage_queries(policy, inspection.namespace)
-    if not running or not queries:
-        return {}
     client = inspection.client
     answers = await asyncio.gather(
         inspection.locator.pods(),
@@ -134,16 +135,21 @@ async def read_usage(
             raise answer
     pods, *results = answers
     assert isinstance(pods, Mapping)
+    signals = [query.signal for query in queries]
+    return _Answers(pods, list(zip(signals, results, strict=True)))
+
+
+def readings(
+    policy: Policy, snapshot: Snapshot, answers: _Answers, namespace: str
+) -> dict[ServerKey, UsageReading]:
+    """The readings of the running servers in scope (only servers with at least one)."""
+    running = {server.key for server in running_in_scope(policy, snapshot)}
     index = _PodIndex(
-        {pod.name: key for key, pod in pods.items() if key in running}, inspection.namespace
+        {pod.name: key for key, pod in answers.pods.items() if key in running}, namespace
     )
-    by_signal: dict[Signal, dict[ServerKey, float]] = {}
-    for query, samples in zip(queries, results, strict=True):
-        assert isinstance(samples, list)
-        rows = index.group(samples)
-        reader = {"cpu": cpu_readings, "gpu": gpu_readings, "gpu-idle": gpu_idle_readings}
-        by_signal[query.signal] = reader[query.signal](rows)
-    keys = set().union(*(readings.keys() for readings in by_signal.values()))
+    reader = {"cpu": cpu_readings, "gpu": gpu_readings, "gpu-idle": gpu_idle_readings}
+    by_signal = {signal: reader[signal](index.group(rows)) for signal, rows in answers.results}
+    keys = set().union(*(found.keys() for found in by_signal.values()))
     return {
         key: UsageReading(
             cpu_cores=by_signal.get("cpu", {}).get(key),
@@ -152,3 +158,27 @@ async def read_usage(
         )
         for key in keys
     }
+
+
+class UsageRead:
+    """One sweep's reading of Prometheus and the pods, started at once so that it runs while
+    the Hub is listed (it does not depend on the listing, only its mapping to servers does).
+    """
+
+    def __init__(self, policy: Policy, inspection: UsageInspection) -> None:
+        self._policy = policy
+        self._namespace = inspection.namespace
+        self._task = asyncio.ensure_future(_fetch(policy, inspection))
+
+    async def signals(self, snapshot: Snapshot) -> dict[ServerKey, ServerSignals]:
+        """The servers' usage signals. Raises
+        :class:`~hubcull.engine.errors.UsageUnavailable` (or ``PodsUnavailable``) when
+        Prometheus or the pods could not be read: then nothing may be decided."""
+        answers = await self._task
+        found = readings(self._policy, snapshot, answers, self._namespace)
+        return {key: ServerSignals(usage=reading) for key, reading in found.items()}
+
+    async def cancel(self) -> None:
+        """Stop reading (the sweep failed before it needed the readings)."""
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
