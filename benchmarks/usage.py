@@ -67,7 +67,7 @@ class UsageConfig:
     repeats: int = 50
     sweeps: int = 10
     warmup: int = 2
-    idle_seconds: float = 10.0
+    idle_seconds: float = 30.0
     seed: int = 1
 
 
