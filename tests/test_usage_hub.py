@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 import yaml
 
 from hubcull.cli import decision_lines
@@ -31,6 +32,7 @@ from tests.support.faultproxy import Fault, fault_proxy
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.prometheus import GPU_METRIC, Usage
 from tests.support.scenario import TOKEN_REF, policy_for, populate
+from tests.support.tls import tls_terminator
 
 pytestmark = [pytest.mark.hub, pytest.mark.prometheus]
 
@@ -350,6 +352,32 @@ async def test_a_user_and_password_in_the_url_are_basic_auth_and_never_shown(
     assert f"Prometheus at {proxy.url} cannot be reached" in message
     assert "s3cret" not in message + caplog.text
     assert "HTTP Request: GET " + proxy.url in caplog.text  # httpx logs the URL it used
+
+
+async def test_https_prometheus_with_a_private_ca(lab: Lab) -> None:
+    """The CA comes from caSecretRef (the operator reads the Secret); without it the
+    certificate is not trusted, and the sweep says so and culls nothing."""
+    await lab.servers({"ann": HUB_IDLE})
+    await lab.usage.cpu("jupyter-ann", 2.0, history=[(15 * MIN, 2.0)])
+    ca = trustme.CA()
+    async with tls_terminator(lab.usage.prometheus.url, ca.issue_cert("127.0.0.1")) as port:
+        url = f"https://127.0.0.1:{port}"
+        untrusted = await lab.sweep({"busyCPU": 0.5}, url=url)
+        trusted = await lab.sweep(
+            {"busyCPU": 0.5},
+            url=url,
+            prometheus=PrometheusAccess(ca_pem=ca.cert_pem.bytes().decode()),
+        )
+        not_pem = await lab.sweep(
+            {"busyCPU": 0.5}, url=url, prometheus=PrometheusAccess(ca_pem="not a certificate")
+        )
+    assert untrusted.reason == "UsageUnavailable"
+    assert "CERTIFICATE_VERIFY_FAILED" in (untrusted.message or "")
+    assert kept(trusted) == {"ann": "CPU 2 cores over the last 10m"}
+    assert not_pem.reason == "InvalidSpec"
+    assert (not_pem.message or "").startswith("The Prometheus CA bundle is not a valid PEM")
+    assert (not_pem.message or "").endswith("spec.usage.prometheus.caSecretRef.")
+    assert await lab.hub.running_servers() == {("ann", "")}
 
 
 async def test_prometheus_is_read_while_the_hub_is_listed_and_a_hub_failure_wins() -> None:

@@ -103,9 +103,8 @@ class PrometheusClient:
             ) from None
         except httpx.TransportError as exc:
             self._count("unreachable")
-            raise UsageUnavailable(
-                f"{self.where} cannot be reached ({type(exc).__name__})"
-            ) from None
+            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise UsageUnavailable(f"{self.where} cannot be reached ({detail[:200]})") from None
         try:
             samples = self._samples(status, body, what)
         except UsageUnavailable:

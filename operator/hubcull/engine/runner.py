@@ -246,7 +246,8 @@ async def sweep_policy(
         if connection is None:
             await client.aclose()
         detail = f"the Prometheus CA bundle is not a valid PEM bundle ({exc})"
-        return failed(previous, "InvalidSpec", detail, generation, clock)
+        advice = "put a PEM bundle in the Secret named by spec.usage.prometheus.caSecretRef"
+        return failed(previous, "InvalidSpec", detail, generation, clock, advice)
     kernels = _kernel_inspection(policy, token, ca_pem, locator, memory or SweepMemory())
     try:
         result = await run_sweep(policy, client, clock, kernels, usage)
