@@ -208,6 +208,7 @@ EXAMPLES = [
     "demo.yaml",
     "kernels.yaml",
     "warn.yaml",
+    "gpu-usage.yaml",
 ]
 
 DELETE = object()  # marks a key to remove in a patch
@@ -748,6 +749,16 @@ def test_example_default_is_minimal() -> None:
             ),
         ),
         (
+            "gpu-usage.yaml",
+            lambda s: (
+                s["usage"]["cullIdleGPU"]
+                and s["usage"]["busyGPU"] > 0
+                and s["usage"]["busyCPU"] > 0
+                and s["usage"]["queries"]["gpu"].startswith("max by (namespace, pod)")
+                and s["selector"]["profiles"] == ["gpu"]
+            ),
+        ),
+        (
             "demo.yaml",
             lambda s: (
                 s["hub"]["url"] == "http://127.0.0.1:8000/hub/api"
@@ -1203,6 +1214,78 @@ BAD_POLICIES: list[Bad] = [
         "cel",
         "spec",
         CEL_MESSAGES["idle_gpu"],
+    ),
+    Bad(
+        "usage-busyGPU-negative",
+        spec(usage={"prometheus": {"url": "http://p:9090"}, "busyGPU": -1}),
+        "schema",
+        "spec.usage.busyGPU",
+        "minimum",
+    ),
+    Bad(
+        "usage-window-59-seconds",
+        spec(usage={"prometheus": {"url": "http://p:9090"}, "busyCPU": 1, "window": 59}),
+        "cel",
+        "spec.usage.window",
+        CEL_MESSAGES["window"],
+    ),
+    Bad(
+        "usage-window-zero-days",
+        spec(usage={"prometheus": {"url": "http://p:9090"}, "busyCPU": 1, "window": "0d"}),
+        "cel",
+        "spec.usage.window",
+        CEL_MESSAGES["window"],
+    ),
+    Bad(
+        "usage-window-in-words",
+        spec(usage={"prometheus": {"url": "http://p:9090"}, "busyCPU": 1, "window": "10 min"}),
+        "schema",
+        "spec.usage.window",
+        "pattern",
+    ),
+    Bad(
+        "usage-cullIdleGPU-string",
+        spec(usage={"prometheus": {"url": "http://p:9090"}, "cullIdleGPU": "true"}),
+        "schema",
+        "spec.usage.cullIdleGPU",
+        "type",
+    ),
+    Bad(
+        "usage-prometheus-url-with-query",
+        spec(usage={"prometheus": {"url": "http://p:9090/?x=1"}, "busyCPU": 1}),
+        "schema",
+        "spec.usage.prometheus.url",
+        "pattern",
+    ),
+    Bad(
+        "usage-token-ref-without-key",
+        spec(
+            usage={"prometheus": {"url": "http://p", "tokenSecretRef": {"name": "p"}}, "busyCPU": 1}
+        ),
+        "schema",
+        "spec.usage.prometheus.tokenSecretRef",
+        "required",
+    ),
+    Bad(
+        "usage-ca-ref-bad-name",
+        spec(
+            usage={
+                "prometheus": {"url": "https://p", "caSecretRef": {"name": "Prom_CA", "key": "ca"}},
+                "busyCPU": 1,
+            }
+        ),
+        "schema",
+        "spec.usage.prometheus.caSecretRef.name",
+        "pattern",
+    ),
+    Bad(
+        "usage-gpu-query-too-long",
+        spec(
+            usage={"prometheus": {"url": "http://p"}, "busyGPU": 5, "queries": {"gpu": "x" * 4097}}
+        ),
+        "schema",
+        "spec.usage.queries.gpu",
+        "maxLength",
     ),
     # spec.warn
     Bad(

@@ -2,8 +2,9 @@
 
 Nothing here talks to the Hub or a server or reads a clock, so every rule can be tested on its
 own and ``hubcull sweep`` and the operator decide identically. What the servers themselves say
-(kernel probes) is gathered before and comes in as :mod:`~hubcull.engine.signals`; warnings
-given in earlier sweeps (``spec.warn``) come in as :class:`~hubcull.engine.warnrules.Warned`.
+(kernel probes) and what their pods do (Prometheus) is gathered before and comes in as
+:mod:`~hubcull.engine.signals`; warnings given in earlier sweeps (``spec.warn``) come in as
+:class:`~hubcull.engine.warnrules.Warned`.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from .hubmodel import Server, Snapshot, User
 from .policy import Policy
 from .selection import server_in_scope, user_in_scope_for_deletion
 from .signals import ServerKey, ServerSignals, Signals
+from .usagerules import gpu_idle, usage_protection
 from .warnrules import PendingStop, WarnDecision, Warned, needs_warning, verdict
 
-Reason = Literal["idle", "maxAge", "capacity"]
+Reason = Literal["idle", "maxAge", "capacity", "idleGPU"]
 IdleSource = Literal["hub", "kernels"]
 
 
@@ -68,6 +70,7 @@ class _Running:
     idle_from: IdleSource
     protection: str | None
     idle_since: datetime | None = None
+    gpu_idle: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,10 +161,16 @@ def protection(policy: Policy, signals: ServerSignals | None) -> str | None:
     """Why a server must not be stopped for idleness or capacity (``None``: nothing keeps it).
 
     With ``kernels.protectBusy`` a busy kernel keeps its server unless it has been busy and
-    silent longer than ``kernels.maxBusy``.
+    silent longer than ``kernels.maxBusy``; with ``spec.usage`` so does a pod that is working
+    (:mod:`~hubcull.engine.usagerules`).
     """
-    kernels = policy.kernels
-    activity = signals.kernels if signals is not None else None
+    if signals is None:
+        return None
+    return _busy_kernel(policy, signals) or usage_protection(policy.usage, signals.usage)
+
+
+def _busy_kernel(policy: Policy, signals: ServerSignals) -> str | None:
+    kernels, activity = policy.kernels, signals.kernels
     if kernels is None or not kernels.protect_busy or activity is None:
         return None
     busy = activity.busy_silent_seconds
@@ -173,6 +182,8 @@ def protection(policy: Policy, signals: ServerSignals | None) -> str | None:
 def _limit_reason(policy: Policy, item: _Running) -> Reason | None:
     if _over_idle_timeout(policy, item) and item.protection is None:
         return "idle"
+    if item.gpu_idle and item.protection is None:
+        return "idleGPU"
     if policy.max_age > 0 and item.age is not None and item.age >= policy.max_age:
         return "maxAge"  # a hard limit: a busy kernel does not keep a server past it
     return None
@@ -198,6 +209,10 @@ def _capacity_pick(policy: Policy, remaining: list[_Running], protect: bool) -> 
 
 def _decision(policy: Policy, item: _Running, reason: Reason) -> ServerDecision:
     s = item.server
+    if reason == "idleGPU":  # its GPUs were idle at least idleTimeout; the Hub saw less
+        return ServerDecision(
+            s.user, s.name, reason, policy.idle_timeout, item.age, remove=_removes(policy, s)
+        )
     return ServerDecision(
         s.user,
         s.name,
@@ -260,7 +275,9 @@ def decide(
     the longest-idle servers above ``capacity.maxActiveServers``; safety limits keep the
     longest-idle candidates and hold back the rest. Pending servers are skipped. ``signals``
     (kernel probes) change a server's idle time (``kernels.idleFrom``) and keep busy servers
-    from idleness and capacity culls (``kernels.protectBusy``), never from ``maxAge``.
+    from idleness and capacity culls (``kernels.protectBusy``), never from ``maxAge``; usage
+    readings (``spec.usage``) keep working servers the same way and, with ``cullIdleGPU``,
+    make servers whose GPUs stayed idle for ``idleTimeout`` candidates (reason ``idleGPU``).
 
     With ``spec.warn.before``, ``warned`` holds the warnings given in earlier sweeps: a
     candidate for idleness or ``maxAge`` is stopped only once its warning is ``before`` old,
@@ -285,7 +302,7 @@ def decide(
                 reason = _limit_reason(policy, item)
                 if reason is not None:
                     candidates.append(_decision(policy, item, reason))
-                elif item.protection and _over_idle_timeout(policy, item):
+                elif item.protection and (_over_idle_timeout(policy, item) or item.gpu_idle):
                     protected[server.key] = item.protection
             elif _removable(policy, server, now):
                 plan.removals.append(
@@ -330,7 +347,16 @@ def _judge(
         since = signals.kernels.last_activity
     else:
         since = server.last_activity or server.started
-    return _Running(server, idle, age, source, protection(policy, signals), since)
+    usage = signals.usage if signals is not None else None
+    return _Running(
+        server,
+        idle,
+        age,
+        source,
+        protection(policy, signals),
+        since,
+        gpu_idle(policy, usage, age),
+    )
 
 
 def _next_limit(policy: Policy, item: _Running) -> tuple[Reason, float] | None:

@@ -24,3 +24,15 @@ class PodsUnavailable(SweepError):
 
     reason = "PodsUnavailable"
     advice = "check the operator's logs and that the Kubernetes API server answers"
+
+
+class UsageUnavailable(SweepError):
+    """Prometheus could not be read (``spec.usage``): unreachable, too slow, or answering an
+    error. Without readings every protection by usage would vanish at once, so the sweep
+    decides nothing."""
+
+    reason = "UsageUnavailable"
+    advice = (
+        "check spec.usage.prometheus and that Prometheus answers the operator; culling "
+        "resumes when it does"
+    )

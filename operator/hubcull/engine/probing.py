@@ -18,7 +18,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from .decisions import Plan, decide
@@ -29,7 +29,7 @@ from .memory import KernelMemory
 from .pods import PodSource, ServerPod
 from .policy import Policy
 from .selection import server_in_scope
-from .signals import ServerKey, ServerSignals
+from .signals import KernelActivity, ServerKey, ServerSignals, Signals
 from .warnrules import Warned
 
 log = logging.getLogger(__name__)
@@ -143,10 +143,12 @@ async def decide_with_kernels(
     snapshot: Snapshot,
     inspection: KernelInspection,
     warned: Mapping[ServerKey, Warned] | None = None,
+    known: Signals | None = None,
 ) -> tuple[Plan, ProbeStats]:
     """Probe the servers whose decision depends on their kernels, then decide (``warned``:
     the warnings of earlier sweeps, see :func:`~hubcull.engine.decisions.decide`).
 
+    ``known`` are the signals gathered before (usage readings); probes add to them.
     Raises :class:`~hubcull.engine.errors.PodsUnavailable` (before any probe) when the pods
     cannot be listed; a failed probe only leaves its server to the Hub's ``last_activity``.
     """
@@ -155,8 +157,12 @@ async def decide_with_kernels(
     prober, locator, memory = inspection.prober, inspection.locator, inspection.memory
     now = snapshot.now
     stats = ProbeStats()
-    signals: dict[ServerKey, ServerSignals] = {}
+    signals: dict[ServerKey, ServerSignals] = dict(known or {})
     tried: set[ServerKey] = set()
+
+    def note(key: ServerKey, activity: KernelActivity) -> None:
+        signals[key] = replace(signals.get(key, ServerSignals()), kernels=activity)
+
     running = {server.key: server for server in running_in_scope(policy, snapshot)}
     by_kernels = kernels.idle_from == "kernels"
 
@@ -173,7 +179,7 @@ async def decide_with_kernels(
         for server, outcome in zip(servers, outcomes, strict=True):
             stats.count(server, outcome)
             if outcome.activity is not None:
-                signals[server.key] = ServerSignals(kernels=outcome.activity)
+                note(server.key, outcome.activity)
                 if by_kernels:
                     memory.note(server, outcome.activity)
 
@@ -185,7 +191,7 @@ async def decide_with_kernels(
                 continue
             remembered = memory.recall(server, now, _idle_horizon(policy))
             if remembered is not None:
-                signals[server.key] = ServerSignals(kernels=remembered)
+                note(server.key, remembered)
             else:
                 due.append(server)
         await probe(due)

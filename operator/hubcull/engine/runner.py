@@ -20,8 +20,10 @@ from .notify import WarnChannel
 from .pods import PodSource
 from .policy import Policy
 from .probing import KernelInspection, ServerLocator
+from .promclient import PrometheusClient, QueryResult
 from .status import failure_message, status_after_failure, status_after_sweep
 from .sweep import Clock, SweepResult, run_sweep, utcnow
+from .usage import UsageInspection
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +106,7 @@ def _kernel_inspection(
     policy: Policy,
     token: str,
     ca_pem: str | None,
-    pods: PodSource | None,
+    locator: ServerLocator,
     memory: SweepMemory,
 ) -> KernelInspection | None:
     """How this sweep reaches the servers' Jupyter APIs (``None`` without ``spec.kernels``).
@@ -114,7 +116,38 @@ def _kernel_inspection(
     prober = KernelProber(
         token, timeout=policy.kernels.timeout, concurrency=policy.concurrency, ca_pem=ca_pem
     )
-    return KernelInspection(prober, ServerLocator(policy, pods), memory.kernels)
+    return KernelInspection(prober, locator, memory.kernels)
+
+
+@dataclass(frozen=True)
+class PrometheusAccess:
+    """What the operator read from the Secrets ``spec.usage.prometheus`` names."""
+
+    token: str | None = None
+    ca_pem: str | None = None
+
+
+def _usage_inspection(
+    policy: Policy,
+    namespace: str | None,
+    access: PrometheusAccess | None,
+    locator: ServerLocator,
+    on_query: Callable[[QueryResult], None] | None,
+) -> UsageInspection | None:
+    """How this sweep reads its pods' usage (``None`` without ``spec.usage``). Requests time
+    out after ``hub.requestTimeout``. Raises :class:`ssl.SSLError` or :class:`ValueError`
+    for a CA bundle that is not PEM."""
+    if policy.usage is None or namespace is None:
+        return None
+    access = access or PrometheusAccess()
+    client = PrometheusClient(
+        policy.usage.prometheus.url,
+        token=access.token,
+        ca_pem=access.ca_pem,
+        timeout=policy.hub.request_timeout,
+        on_query=on_query,
+    )
+    return UsageInspection(client, locator, namespace)
 
 
 #: How long a kept client reuses the Hub's version and the token's scopes.
@@ -189,6 +222,9 @@ async def sweep_policy(
     pods: PodSource | None = None,
     memory: SweepMemory | None = None,
     channel: WarnChannel | None = None,
+    namespace: str | None = None,
+    prometheus: PrometheusAccess | None = None,
+    on_query: Callable[[QueryResult], None] | None = None,
 ) -> SweepOutcome:
     """Sweep once (unless suspended) and return the status to write.
 
@@ -196,11 +232,15 @@ async def sweep_policy(
     client is made for this sweep alone. ``pods`` finds the servers' pods (the operator's;
     ``hubcull sweep`` has none), ``memory`` is what the policy keeps between sweeps (without
     it, warned servers are warned again each sweep and never stopped for idleness or maxAge)
-    and ``channel`` where ``spec.warn.webhook`` posts go.
+    and ``channel`` where ``spec.warn.webhook`` posts go. With ``spec.usage``, ``namespace``
+    is the policy's (its pods' series are read), ``prometheus`` the token and CA for
+    Prometheus, and ``on_query`` counts each query.
     """
     if policy.suspend:
         return suspended(previous, generation, clock)
     if policy.needs_pods and pods is None:
+        return failed(previous, "InvalidSpec", NEEDS_OPERATOR, generation, clock)
+    if policy.usage is not None and namespace is None:
         return failed(previous, "InvalidSpec", NEEDS_OPERATOR, generation, clock)
     try:
         if connection is not None:
@@ -216,9 +256,18 @@ async def sweep_policy(
             clock,
         )
     memory = memory or SweepMemory()
-    kernels = _kernel_inspection(policy, token, ca_pem, pods, memory)
+    locator = ServerLocator(policy, pods)  # one pod listing per sweep, for kernels and usage
     try:
-        result = await run_sweep(policy, client, clock, kernels, memory.warnings, channel)
+        usage = _usage_inspection(policy, namespace, prometheus, locator, on_query)
+    except (ssl.SSLError, ValueError) as exc:
+        if connection is None:
+            await client.aclose()
+        detail = f"the Prometheus CA bundle is not a valid PEM bundle ({exc})"
+        advice = "put a PEM bundle in the Secret named by spec.usage.prometheus.caSecretRef"
+        return failed(previous, "InvalidSpec", detail, generation, clock, advice)
+    kernels = _kernel_inspection(policy, token, ca_pem, locator, memory)
+    try:
+        result = await run_sweep(policy, client, clock, kernels, memory.warnings, channel, usage)
     except SweepError as exc:
         log.debug("sweep failed: %s", exc)
         if isinstance(exc, HubAPIError):
@@ -227,6 +276,8 @@ async def sweep_policy(
     finally:
         if kernels is not None:
             await kernels.prober.aclose()
+        if usage is not None:
+            await usage.client.aclose()
         if connection is None:
             await client.aclose()
     status = status_after_sweep(previous, result, policy, generation, clock())

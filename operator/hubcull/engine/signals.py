@@ -33,10 +33,25 @@ class KernelActivity:
 
 
 @dataclass(frozen=True)
+class UsageReading:
+    """What Prometheus said about a server's pod (``spec.usage``); ``None``: no reading.
+
+    ``cpu_cores`` is the average CPU over ``usage.window`` and ``gpu_percent`` the highest GPU
+    utilisation in it. ``gpu_idle_percent`` is the highest GPU utilisation over the whole
+    ``idleTimeout``, set only when the pod's GPU series cover all of it (``cullIdleGPU``).
+    """
+
+    cpu_cores: float | None = None
+    gpu_percent: float | None = None
+    gpu_idle_percent: float | None = None
+
+
+@dataclass(frozen=True)
 class ServerSignals:
     """Everything known about one server besides the Hub's model of it."""
 
     kernels: KernelActivity | None = None
+    usage: UsageReading | None = None
 
 
 Signals = Mapping[ServerKey, ServerSignals]

@@ -208,5 +208,6 @@ def describe_cull(record: Any) -> str:
         "idle": f"idle {idle}",
         "maxAge": f"maxAge, idle {idle}",
         "capacity": f"capacity, idle {idle}",
+        "idleGPU": f"GPU idle {format_duration(record.idle_seconds)}",
     }.get(record.reason, record.reason)
     return f"{record.label} ({why})"

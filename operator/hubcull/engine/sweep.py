@@ -21,6 +21,7 @@ from .memory import WarnMemory
 from .notify import NotifyReport, WarnChannel, notify
 from .policy import Policy
 from .probing import KernelInspection, ProbeFailure, ProbeStats, decide_with_kernels
+from .usage import UsageInspection, UsageRead
 from .warnrules import PendingStop, WarnDecision
 
 log = logging.getLogger(__name__)
@@ -306,22 +307,31 @@ async def run_sweep(
     kernels: KernelInspection | None = None,
     warnings: WarnMemory | None = None,
     channel: WarnChannel | None = None,
+    usage: UsageInspection | None = None,
 ) -> SweepResult:
     """List, decide and act once. Raises :class:`~hubcull.engine.errors.SweepError` (and culls
-    nothing) when the Hub, or the servers' pods, cannot be read completely.
+    nothing) when the Hub, the servers' pods or Prometheus cannot be read completely.
 
-    With ``spec.kernels``, ``kernels`` says how to reach the servers to probe them. With
-    ``spec.warn``, ``warnings`` holds the warnings of earlier sweeps (none: every server is
-    warned anew) and ``channel`` where webhook posts go; they are posted after acting."""
+    With ``spec.kernels``, ``kernels`` says how to reach the servers to probe them; with
+    ``spec.usage``, ``usage`` how to read what their pods do. With ``spec.warn``,
+    ``warnings`` holds the warnings of earlier sweeps (none: every server is warned anew) and
+    ``channel`` where webhook posts go; they are posted after acting."""
     started = clock()
     t0 = time.monotonic()
-    snapshot = await take_snapshot(policy, client, clock)
+    reading = UsageRead(policy, usage) if policy.usage is not None and usage is not None else None
+    try:
+        snapshot = await take_snapshot(policy, client, clock)
+    except BaseException:
+        if reading is not None:
+            await reading.cancel()
+        raise
     probes = ProbeStats()
     warned = warnings.recall() if warnings is not None else {}
+    signals = await reading.signals(snapshot) if reading is not None else {}
     if policy.kernels is not None and kernels is not None:
-        plan, probes = await decide_with_kernels(policy, snapshot, kernels, warned)
+        plan, probes = await decide_with_kernels(policy, snapshot, kernels, warned, signals)
     else:
-        plan = decide(policy, snapshot, warned=warned)
+        plan = decide(policy, snapshot, signals=signals, warned=warned)
     culls, removals, user_culls = await execute(plan, policy, client, clock)
     # warnings reach people after the stops (posts) or after the sweep (events): they count
     # from then, so `before` is never cut short by a long sweep

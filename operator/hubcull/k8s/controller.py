@@ -17,6 +17,7 @@ from ..engine.notify import WarnChannel
 from ..engine.policy import DEFAULT_EVERY_SECONDS, Policy, PolicyError, parse_spec
 from ..engine.runner import (
     HubConnection,
+    PrometheusAccess,
     SweepOutcome,
     TokenError,
     clean_token,
@@ -44,6 +45,9 @@ SECRET_REREAD_SECONDS = 60.0
 #: When a sweep with a kept token fails for one of these reasons, the Secrets are read again
 #: and, if they changed, the sweep is retried at once with what they hold now.
 RETRY_WITH_NEW_TOKEN = frozenset({"Unauthorized", "Forbidden"})
+
+#: What to do when a Secret of spec.usage.prometheus is missing.
+PROM_ADVICE = "create the Secret in the policy's namespace or fix spec.usage.prometheus"
 
 PostEvent = Callable[[str, str, str], None]  # (type, reason, message)
 
@@ -147,6 +151,13 @@ class PolicyController:
                 if ca_pem is None:
                     where = f"CA Secret {ca.name} with key {ca.key}"
                     return self._failed("TokenSecretMissing", where, generation), False
+            prometheus = await self._prometheus_access(policy)
+            if isinstance(prometheus, str):
+                missing = f"{prometheus} is not in namespace {self.namespace}"
+                failure = failed(
+                    self.status, "TokenSecretMissing", missing, generation, self.clock, PROM_ADVICE
+                )
+                return failure, False
         except (TokenError, KubeError) as exc:
             failure = failed(self.status, "TokenSecretMissing", str(exc), generation, self.clock)
             return failure, False
@@ -164,6 +175,9 @@ class PolicyController:
             pods=KubePodSource(self.kube, self.namespace) if policy.needs_pods else None,
             memory=self.memory,
             channel=channel,
+            namespace=self.namespace,
+            prometheus=prometheus,
+            on_query=self.metrics.prometheus_query_counter(self.namespace, self.name),
         )
         return outcome, token_cached or ca_cached
 
@@ -186,6 +200,26 @@ class PolicyController:
         except WebhookURLError as exc:
             return WarnChannel(self.name, self.namespace, problem=str(exc))
         return WarnChannel(self.name, self.namespace, url=url)
+
+    async def _prometheus_access(self, policy: Policy) -> PrometheusAccess | str | None:
+        """The Prometheus token and CA of ``spec.usage`` from their Secrets (``None`` without
+        spec.usage; a string naming the Secret that is missing). Raises ``TokenError``."""
+        if policy.usage is None:
+            return None
+        prometheus = policy.usage.prometheus
+        token = ca_pem = None
+        if prometheus.token_secret is not None:
+            ref = prometheus.token_secret
+            raw, _ = await self._secret(ref.name, ref.key)
+            if raw is None:
+                return f"Prometheus token Secret {ref.name} with key {ref.key}"
+            token = clean_token(raw, f"Secret {ref.name} key {ref.key}")
+        if prometheus.ca_secret is not None:
+            ref = prometheus.ca_secret
+            ca_pem, _ = await self._secret(ref.name, ref.key)
+            if ca_pem is None:
+                return f"Prometheus CA Secret {ref.name} with key {ref.key}"
+        return PrometheusAccess(token, ca_pem)
 
     def _failed(self, reason: str, where: str, generation: int | None) -> SweepOutcome:
         detail = f"{where} is not in namespace {self.namespace}"

@@ -80,6 +80,13 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.prometheus_queries = Counter(
+            "hubcull_prometheus_queries",
+            "Prometheus queries of spec.usage by result: success, error, unreachable",
+            (*labels, "result"),
+            registry=self.registry,
+        )
+
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Serve ``/metrics`` in a background thread."""
         start_http_server(port, addr=addr, registry=self.registry)
@@ -89,6 +96,14 @@ class Metrics:
 
         def count(code: str) -> None:
             self.hub_requests.labels(namespace, policy, code).inc()
+
+        return count
+
+    def prometheus_query_counter(self, namespace: str, policy: str) -> Callable[[str], None]:
+        """A callback for the Prometheus client that counts one query by result."""
+
+        def count(result: str) -> None:
+            self.prometheus_queries.labels(namespace, policy, result).inc()
 
         return count
 
