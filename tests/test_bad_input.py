@@ -41,6 +41,8 @@ CRD_ONLY = {
     "selector-users-duplicate": "a duplicate pattern matches the same users",
     "exclude-users-empty-pattern": "'' matches no user name, so excludes nobody",
     "unknown-field-at-root": "outside spec: not read by the operator",
+    "usage-ca-ref-bad-name": "no Secret can have that name: TokenSecretMissing",
+    "usage-gpu-query-too-long": "sent as is: Prometheus answers it or UsageUnavailable says why",
 }
 
 ENGINE_REJECTS = [bad for bad in BAD_POLICIES if bad.id not in CRD_ONLY]

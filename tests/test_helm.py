@@ -1234,7 +1234,8 @@ def test_z2jh_doc_values_and_policy():
     blocks = _yaml_blocks(DOCS / "z2jh.md")
     values = next(b for b in blocks if isinstance(b, dict) and "hub" in b)
     _check_z2jh_values(values)
-    (policy,) = [b for b in blocks if isinstance(b, dict) and b.get("kind") == "CullPolicy"]
+    policies = [b for b in blocks if isinstance(b, dict) and b.get("kind") == "CullPolicy"]
+    (policy,) = [p for p in policies if p["metadata"]["name"] == "default"]
     spec = _check_policy(policy)
     z2jh = Z2JH_CULL_DEFAULTS
     assert spec["every"] == z2jh["every"] and spec["idleTimeout"] == z2jh["timeout"]

@@ -170,6 +170,7 @@ def http_url(reader: SpecReader, key: str, example: str, required: bool = True) 
         parts = urlsplit(url)
         bad = parts.scheme not in ("http", "https") or not parts.hostname
         bad = bad or parts.port == 0  # .port raises ValueError for a port out of range
+        bad = bad or bool(parts.query or parts.fragment or url.endswith(("?", "#")))
     except ValueError:  # e.g. "http://[::1/hub/api": an unclosed IPv6 literal
         bad = True
     # whitespace or control characters: httpx refuses such a URL with an exception of its own
