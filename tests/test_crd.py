@@ -206,6 +206,7 @@ EXAMPLES = [
     "capacity.yaml",
     "https-ca.yaml",
     "demo.yaml",
+    "kernels.yaml",
 ]
 
 DELETE = object()  # marks a key to remove in a patch
@@ -726,6 +727,15 @@ def test_example_default_is_minimal() -> None:
                 s["hub"]["url"].startswith("https://")
                 and s["hub"]["caSecretRef"]
                 and s["hub"]["requestTimeout"] != "60s"
+            ),
+        ),
+        (
+            "kernels.yaml",
+            lambda s: (
+                s["kernels"]["protectBusy"]
+                and s["kernels"]["idleFrom"] == "kernels"
+                and s["kernels"]["via"] == "pods"
+                and s["kernels"]["maxBusy"] == "1d"
             ),
         ),
         (

@@ -327,6 +327,7 @@ def _render_config(
     extra_config: str,
     fast_startup: bool,
     fast_db: bool,
+    activity_interval: int | None = None,
 ) -> str:
     chp = find_configurable_http_proxy()
     lines = [
@@ -415,7 +416,13 @@ def _render_config(
             "c.Spawner.start_timeout = 120",
             "c.Spawner.http_timeout = 120",
             "c.JupyterHub.cleanup_servers = True",
+            # user_options {"activity_interval": N} -> JUPYTERHUB_ACTIVITY_INTERVAL=N
+            "from tests.support.jhub_spawner import apply_local_user_options",
+            "c.Spawner.apply_user_options = apply_local_user_options",
         ]
+        if activity_interval is not None:
+            environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": str(int(activity_interval))}
+            lines.append(f"c.Spawner.environment = {environment!r}")
     else:
         lines.append(f"c.JupyterHub.spawner_class = {spawner!r}")
     if extra_config:
@@ -1065,6 +1072,7 @@ async def launch_hub(
     attempts: int = 3,
     fast_startup: bool = True,
     fast_db: bool = True,
+    activity_interval: int | None = None,
 ) -> Hub:
     """Start JupyterHub + configurable-http-proxy in ``workdir``; return a ready :class:`Hub`.
 
@@ -1082,8 +1090,16 @@ async def launch_hub(
     ``fast_db`` turns off sqlite's fsync (``PRAGMA synchronous=OFF``) for the throwaway
     database.
 
+    ``activity_interval`` (``spawner="local"`` only) sets ``JUPYTERHUB_ACTIVITY_INTERVAL``
+    of every single-user server: seconds between its reports of its own last activity to
+    the Hub (0 = never); None keeps JupyterHub's default, 300.  A spawn's
+    ``user_options={"activity_interval": N}`` overrides it for that server (see
+    :func:`tests.support.jhub_spawner.apply_local_user_options`).
+
     Retries with fresh ports if a port was taken meanwhile.  Call :meth:`Hub.shutdown`.
     """
+    if activity_interval is not None and spawner != "local":
+        raise ValueError("activity_interval applies to real servers only (spawner='local')")
     workdir = _prepare_workdir(workdir)
     log_path = workdir / LOG_NAME
     env = {
@@ -1113,6 +1129,7 @@ async def launch_hub(
             extra_config=extra_config,
             fast_startup=fast_startup,
             fast_db=fast_db,
+            activity_interval=activity_interval,
         )
         started = time.monotonic()
         process, log_offset = _start_process(workdir, config, env, attempt, fast_startup)

@@ -1,4 +1,4 @@
-"""A process-less JupyterHub Spawner for tests and benchmarks.
+"""A process-less JupyterHub Spawner for tests and benchmarks (and a hook for real ones).
 
 This module is imported *inside the JupyterHub process* (``tests.support.jhub`` puts the
 repository root on the Hub's ``PYTHONPATH`` and sets
@@ -22,6 +22,10 @@ Per-spawn knobs, read from ``user_options`` (the JSON body of
 
 All pending delays can be cut short with :func:`release_delays` (exposed over HTTP by
 ``tests.support.hubext``), so a harness can tear a Hub down quickly.
+
+For real servers (``spawner="local"``), :func:`apply_local_user_options` is the
+``apply_user_options`` hook: ``{"activity_interval": N}`` sets that server's
+``JUPYTERHUB_ACTIVITY_INTERVAL``.
 """
 
 from __future__ import annotations
@@ -38,7 +42,13 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from traitlets import Float, Unicode, default
 
-__all__ = ["FakeSpawner", "release_delays", "shared_server_port"]
+__all__ = [
+    "ACTIVITY_INTERVAL_OPTION",
+    "FakeSpawner",
+    "apply_local_user_options",
+    "release_delays",
+    "shared_server_port",
+]
 
 # A random id for this Hub process: state saved by a previous Hub process (whose shared
 # server is gone) is recognised as "not running".
@@ -183,3 +193,24 @@ class FakeSpawner(Spawner):
         """Forget the running flag."""
         super().clear_state()
         self._fake_running = False
+
+
+#: ``user_options`` key read by :func:`apply_local_user_options`.
+ACTIVITY_INTERVAL_OPTION = "activity_interval"
+
+
+def apply_local_user_options(spawner: Spawner, user_options: dict[str, Any]) -> None:
+    """``apply_user_options`` hook for real single-user servers (``spawner="local"``).
+
+    ``{"activity_interval": N}`` sets the server's ``JUPYTERHUB_ACTIVITY_INTERVAL``: every
+    how many seconds (an integer, 0 = never) ``jupyterhub-singleuser`` reports its own
+    last activity to the Hub.  Other keys are refused (the spawn answers 400).
+    """
+    unknown = set(user_options) - {ACTIVITY_INTERVAL_OPTION}
+    if unknown:
+        raise ValueError(f"unsupported user_options {sorted(unknown)}")
+    if ACTIVITY_INTERVAL_OPTION in user_options:
+        value = user_options[ACTIVITY_INTERVAL_OPTION]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{ACTIVITY_INTERVAL_OPTION} must be an integer >= 0, not {value!r}")
+        spawner.environment = {**spawner.environment, "JUPYTERHUB_ACTIVITY_INTERVAL": str(value)}

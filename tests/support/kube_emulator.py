@@ -108,6 +108,8 @@ DEFAULT_RESOURCES: Final[tuple[ResourceDecl, ...]] = (
     ResourceDecl("v1", "events", "Event", namespaced=True, shortnames=("ev",)),
     ResourceDecl("v1", "secrets", "Secret", namespaced=True),
     ResourceDecl("v1", "configmaps", "ConfigMap", namespaced=True, shortnames=("cm",)),
+    # KubeSpawner's singleuser pods, for spec.kernels (via: pods) and spec.usage
+    ResourceDecl("v1", "pods", "Pod", namespaced=True, shortnames=("po",), status=True),
     # kopf watches CRDs for new resources unless settings.scanning.disabled is set
     # (cluster-wide operators); with none stored, that watch is empty.
     ResourceDecl(

@@ -1,0 +1,79 @@
+"""Finding servers' pods the way KubeSpawner labels them (spec.kernels via: pods, spec.usage),
+through real HTTP against the Kubernetes emulator; refusals decide nothing."""
+
+from __future__ import annotations
+
+import kopf
+import pytest
+
+from hubcull.engine.errors import PodsUnavailable
+from hubcull.engine.pods import ServerPod
+from hubcull.k8s.kubeapi import KubeAPI
+from hubcull.k8s.pods import KubePodSource
+from tests.support.kube import Kube
+from tests.support.pods import PODS, create_pod, singleuser_pod
+
+pytestmark = pytest.mark.k8s
+NS = "jhub"
+
+
+def source() -> KubePodSource:
+    info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
+    return KubePodSource(KubeAPI(lambda: info), NS)
+
+
+async def test_pods_are_matched_to_servers_by_kubespawners_annotations(kube: Kube) -> None:
+    await kube.create_namespace(NS)
+    await create_pod(kube, singleuser_pod("Alice.Smith@uni.edu"), ip="10.0.0.5")
+    await create_pod(kube, singleuser_pod("bob", "gpu", port=9999), ip="10.0.0.6")
+    await create_pod(kube, singleuser_pod("carol", port=None), ip="fd00::7")
+    await create_pod(kube, singleuser_pod("dave"), ip=None)  # scheduled, no IP yet
+    other = singleuser_pod("eve", labels={"component": "hub"})  # not a singleuser pod
+    await create_pod(kube, other, ip="10.0.0.9")
+    pods = source()
+    found = await pods.server_pods()
+    await pods.kube.aclose()
+    assert found == {
+        ("Alice.Smith@uni.edu", ""): ServerPod(
+            "jupyter-alice.smith@uni.edu", "http://10.0.0.5:8888"
+        ),
+        ("bob", "gpu"): ServerPod("jupyter-bob--gpu", "http://10.0.0.6:9999"),
+        ("carol", ""): ServerPod("jupyter-carol", "http://[fd00::7]:8888"),
+        ("dave", ""): ServerPod("jupyter-dave", None),
+    }
+
+
+async def test_a_running_pod_wins_over_a_terminating_one(kube: Kube) -> None:
+    await kube.create_namespace(NS)
+    await create_pod(kube, singleuser_pod("ann", name="jupyter-ann-new"), ip="10.0.0.2")
+    old = singleuser_pod("ann", name="jupyter-ann-old")
+    old["metadata"]["finalizers"] = ["test/hold"]
+    await create_pod(kube, old, ip="10.0.0.1")
+    await kube.delete(PODS, NS, "jupyter-ann-old")  # stays, with a deletionTimestamp
+    pods = source()
+    found = await pods.server_pods()
+    await pods.kube.aclose()
+    assert found[("ann", "")] == ServerPod("jupyter-ann-new", "http://10.0.0.2:8888")
+
+
+async def test_a_refused_pod_listing_is_forbidden_and_names_the_permission(kube: Kube) -> None:
+    await kube.create_namespace(NS)
+    kube.emulator["list", kube.emulator.resource(PODS)] << 403
+    pods = source()
+    with pytest.raises(PodsUnavailable) as refused:
+        await pods.server_pods()
+    await pods.kube.aclose()
+    assert refused.value.reason == "Forbidden"
+    assert "pods list" in str(refused.value)
+    assert "inspectServers" in (refused.value.advice or "")
+
+
+async def test_a_failing_pod_listing_is_pods_unavailable(kube: Kube) -> None:
+    await kube.create_namespace(NS)
+    kube.emulator["list", kube.emulator.resource(PODS)] << 500
+    pods = source()
+    with pytest.raises(PodsUnavailable) as failed:
+        await pods.server_pods()
+    await pods.kube.aclose()
+    assert failed.value.reason == "PodsUnavailable"
+    assert "500" in str(failed.value)
