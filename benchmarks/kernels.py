@@ -37,6 +37,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -208,7 +209,7 @@ class KernelPlan:
 
     def kind_counts(self) -> dict[str, tuple[int, int]]:
         """Per kind: (servers, of which running for at least ``timeout``)."""
-        counts: dict[str, tuple[int, int]] = {}
+        counts = {kind: (0, 0) for kind in [*IDLE_KINDS, *ACTIVE_KINDS]}
         for s in self.servers:
             total, old = counts.get(s.kind, (0, 0))
             counts[s.kind] = (total + 1, old + (s.started_age >= self.timeout))
@@ -369,6 +370,8 @@ class Scenario4:
     concurrency: int
     rounds: int
     kinds: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: per variant, the servers its first sweep probed, by kind
+    probed_kinds: dict[str, dict[str, int]] = field(default_factory=dict)
     sweeps: list[KernelSweep] = field(default_factory=list)
     idle_hub_cpu: float = 0.0
     setup_seconds: float = 0.0
@@ -578,6 +581,7 @@ async def scenario4(config: Any, workdir: Path, progress: Progress) -> Scenario4
         config.s4_servers, config.s4_idle, config.timeout, config.concurrency, config.s4_rounds
     )
     result.kinds = plan.kind_counts()
+    kind_of = {server.name: server.kind for server in plan.servers}
     progress(f"scenario 4: a Hub with {plan.count} servers, {len(plan.hub_idle)} idle by the Hub")
     hub = await launch_hub(workdir / "hub-s4", slow_stop_timeout=10.0, slow_spawn_timeout=10.0)
     try:
@@ -618,6 +622,10 @@ async def scenario4(config: Any, workdir: Path, progress: Progress) -> Scenario4
                     sweep.variant, sweep.round = variant.key, round_ + 1
                     elapsed = time.monotonic() - applied
                     sweep.problems = check(plan.expected(variant.key, elapsed), swept, stats, sweep)
+                    if variant.key not in result.probed_kinds:
+                        result.probed_kinds[variant.key] = dict(
+                            Counter(kind_of[name] for name in stats["probed"])
+                        )
                     result.sweeps.append(sweep)
                     progress(
                         f"  {sweep.seconds:.2f} s, Hub CPU {sweep.hub_cpu:.2f} s, "

@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from benchmarks.kernels import KIND_TEXT, VARIANTS, Scenario4
+from benchmarks.kernels import IDLE_KINDS, KIND_TEXT, VARIANTS, Scenario4
 from benchmarks.scenarios import Measured, OperatorRun, Scenario1, Scenario2, Scenario3
 
 MIB = 1024 * 1024
@@ -224,7 +224,7 @@ def scenario4_kinds_table(s4: Scenario4) -> str:
     rows = [
         [
             kind,
-            "yes" if kind in ("busy", "none", "idle") else "no",
+            "yes" if kind in IDLE_KINDS else "no",
             str(n),
             str(old),
             KIND_TEXT[kind],
@@ -239,6 +239,20 @@ def scenario4_kinds_table(s4: Scenario4) -> str:
         "its Jupyter API shows",
     ]
     return _table(header, rows)
+
+
+def scenario4_probed_table(s4: Scenario4) -> str:
+    """Which servers each variant probed, by kind (its first sweep)."""
+    kinds = list(s4.kinds)
+    rows = []
+    for variant in VARIANTS:
+        counts = s4.probed_kinds.get(variant.key)
+        if not counts:
+            continue
+        rows.append(
+            [variant.label, str(sum(counts.values())), *(str(counts.get(k, 0)) for k in kinds)]
+        )
+    return _table(["sweep", "probed", *kinds], rows)
 
 
 def targets(

@@ -271,6 +271,10 @@ def render(results: Results) -> str:
             "",
             report.scenario4_kinds_table(s4),
             "",
+            "Servers probed, by kind:",
+            "",
+            report.scenario4_probed_table(s4),
+            "",
             f"The idle Hub used {100 * s4.idle_hub_cpu:.1f} % of a core before the sweeps.",
         ]
     parts += [
