@@ -269,6 +269,8 @@ def render(results: Results) -> str:
             "",
             report.scenario4_table(s4),
             "",
+            report.scenario4_details_table(s4),
+            "",
             report.scenario4_kinds_table(s4),
             "",
             "Servers probed, by kind:",
