@@ -79,7 +79,7 @@ class Config:
     s3_window: float = 120.0
     s4_servers: int = 1000
     s4_idle: int = 200
-    s4_rounds: int = 5
+    s4_rounds: int = 11
     spawn_concurrency: int = 64
 
 
