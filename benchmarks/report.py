@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from benchmarks.kernels import IDLE_KINDS, KIND_TEXT, VARIANTS, Scenario4
 from benchmarks.scenarios import Measured, OperatorRun, Scenario1, Scenario2, Scenario3
 
 MIB = 1024 * 1024
@@ -155,7 +157,132 @@ def scenario3_table(s3: Scenario3) -> str:
     return _table(header, [[name, *(cell(r) for r in runs)] for name, cell in lines])
 
 
-def targets(s1: Scenario1 | None, s2: Scenario2 | None, s3: Scenario3 | None) -> list[Target]:
+def _ratio(value: float, reference: float) -> str:
+    return f"{value / reference:.2f}x" if reference else "-"
+
+
+def scenario4_table(s4: Scenario4) -> str:
+    """Per-sweep time, Hub requests and Hub CPU of each kernel variant (medians), as ratios to
+    the plain sweep of the same run, and whether each decided as it should."""
+    if not s4.of("a"):
+        return "(no plain sweep was measured)"
+    seconds_a = s4.median("a", "seconds")
+    requests_a = s4.median("a", "hub_requests")
+    cpu_a = s4.median("a", "hub_cpu")
+    rows = []
+    for variant in VARIANTS:
+        sweeps = s4.of(variant.key)
+        if not sweeps:
+            continue
+        seconds = s4.median(variant.key, "seconds")
+        requests = s4.median(variant.key, "hub_requests")
+        engine = s4.median(variant.key, "engine_requests")
+        checks = s4.median(variant.key, "token_checks")
+        hub_cpu = s4.median(variant.key, "hub_cpu")
+        first = sweeps[0]
+        problems = [p for s in sweeps for p in s.problems]
+        rows.append(
+            [
+                variant.label,
+                f"{seconds:.2f} s",
+                f"**{_ratio(seconds, seconds_a)}**",
+                f"{requests:.0f} = {engine:.0f} + {checks:.0f}",
+                f"**{_ratio(requests, requests_a)}**",
+                f"{hub_cpu:.2f} s",
+                f"**{_ratio(hub_cpu, cpu_a)}**",
+                f"{s4.median(variant.key, 'probed'):.0f}",
+                f"{first.stops} / {first.protected}",
+                "yes" if not problems else "NO: " + "; ".join(sorted(set(problems))[:3]),
+            ]
+        )
+    header = [
+        "sweep (dry run)",
+        "sweep time",
+        "vs (a)",
+        "Hub requests = hubcull's + token checks",
+        "vs (a)",
+        "Hub CPU",
+        "vs (a)",
+        "servers probed",
+        "would stop / kept busy",
+        "as the contract says",
+    ]
+    return _table(header, rows)
+
+
+def scenario4_details_table(s4: Scenario4) -> str:
+    """Every sweep's numbers, the fake servers' CPU and the machine's other load."""
+    rows = []
+    for variant in VARIANTS:
+        sweeps = s4.of(variant.key)
+        if not sweeps:
+            continue
+        requests = statistics.median(sum(s.probe_requests.values()) for s in sweeps)
+        rows.append(
+            [
+                variant.label.split(" ", 1)[0],
+                " / ".join(f"{s.seconds:.2f}" for s in sweeps),
+                " / ".join(f"{s.hub_cpu:.2f}" for s in sweeps),
+                " / ".join(str(s.token_checks) for s in sweeps),
+                f"{requests:.0f}",
+                f"{s4.median(variant.key, 'fake_cpu'):.2f} s",
+                f"{max(s.other_load for s in sweeps):.2f}",
+            ]
+        )
+    header = [
+        "sweep",
+        "each sweep's time (s)",
+        "each sweep's Hub CPU (s)",
+        "each sweep's token checks",
+        "probe requests (median)",
+        "fake servers' CPU (median)",
+        "other load (cores, max)",
+    ]
+    return _table(header, rows)
+
+
+def scenario4_kinds_table(s4: Scenario4) -> str:
+    """The servers of scenario 4 by kind."""
+    rows = [
+        [
+            kind,
+            "yes" if kind in IDLE_KINDS else "no",
+            str(n),
+            str(old),
+            KIND_TEXT[kind],
+        ]
+        for kind, (n, old) in s4.kinds.items()
+    ]
+    header = [
+        "kind",
+        "idle by the Hub",
+        "servers",
+        "running >= idleTimeout",
+        "its Jupyter API shows",
+    ]
+    return _table(header, rows)
+
+
+def scenario4_probed_table(s4: Scenario4) -> str:
+    """Which servers each variant probed, by kind (its first sweep)."""
+    kinds = list(s4.kinds)
+    rows = []
+    for variant in VARIANTS:
+        counts = s4.probed_kinds.get(variant.key)
+        if not counts:
+            continue
+        rows.append(
+            [variant.label, str(sum(counts.values())), *(str(counts.get(k, 0)) for k in kinds)]
+        )
+    return _table(["sweep", "probed", *kinds], rows)
+
+
+def targets(
+    s1: Scenario1 | None,
+    s2: Scenario2 | None,
+    s3: Scenario3 | None,
+    s4: Scenario4 | None = None,
+) -> list[Target]:
     """Every target of the issue, evaluated on this run's numbers."""
     result: list[Target] = []
     if s1 and s1.runs:
@@ -193,6 +320,15 @@ def targets(s1: Scenario1 | None, s2: Scenario2 | None, s3: Scenario3 | None) ->
         peak = s3.runs[0].operator_peak_rss / MIB
         result.append(Target("3: operator CPU < 10 % of one core", f"{share:.1f} %", share < 10))
         result.append(Target("3: operator peak memory < 150 MiB", f"{peak:.0f} MiB", peak < 150))
+    if s4 and s4.sweeps:
+        bad = sum(1 for s in s4.sweeps if s.problems)
+        result.append(
+            Target(
+                "4: every kernel-aware sweep decided as the contract says",
+                f"{len(s4.sweeps) - bad} of {len(s4.sweeps)} sweeps",
+                s4.correct,
+            )
+        )
     return result
 
 

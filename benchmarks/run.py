@@ -31,6 +31,8 @@ from tests.support.jhub import MINIMAL_SCOPES, launch_hub
 
 from benchmarks import report
 from benchmarks.harness import BenchHub
+from benchmarks.kernels import Scenario4
+from benchmarks.kernels import scenario4 as run_scenario4
 from benchmarks.scenarios import Config, Scenario1, Scenario2, Scenario3, scenario1, scenario2
 from benchmarks.scenarios import scenario3 as run_scenario3
 
@@ -46,6 +48,9 @@ QUICK = {
     "s3_servers": 5,
     "s3_warmup": 3.0,
     "s3_window": 12.0,
+    "s4_servers": 100,
+    "s4_idle": 20,
+    "s4_rounds": 1,
 }
 
 
@@ -55,8 +60,8 @@ def _concurrencies(text: str) -> tuple[int, ...]:
 
 def _scenarios(text: str) -> set[int]:
     chosen = {int(part) for part in text.split(",") if part.strip()}
-    if not chosen <= {1, 2, 3}:
-        raise argparse.ArgumentTypeError("scenarios are 1, 2 and 3")
+    if not chosen <= {1, 2, 3, 4}:
+        raise argparse.ArgumentTypeError("scenarios are 1, 2, 3 and 4")
     return chosen
 
 
@@ -66,7 +71,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Config]:
     parser = argparse.ArgumentParser(prog="benchmarks/run", description=__doc__.split("\n")[0])
     add = parser.add_argument
     add("--quick", action="store_true", help="small sizes (about 2 minutes), to check it works")
-    add("--scenarios", type=_scenarios, default={1, 2, 3}, help="comma-separated, default 1,2,3")
+    add(
+        "--scenarios",
+        type=_scenarios,
+        default={1, 2, 3, 4},
+        help="comma-separated, default 1,2,3,4",
+    )
     add("--timeout", type=float, help=f"idle timeout in seconds ({defaults.timeout:.0f})")
     add("--concurrency", type=int, help=f"both cullers' concurrency ({defaults.concurrency})")
     add("--seed", type=int, help="seed of the activity times")
@@ -101,6 +111,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Config]:
     add("--s3-every", type=float, help=f"scenario 3 sweep interval ({defaults.s3_every:.0f} s)")
     add("--s3-warmup", type=float, help=f"seconds before measuring ({defaults.s3_warmup:.0f})")
     add("--s3-window", type=float, help=f"seconds measured ({defaults.s3_window:.0f})")
+    add("--s4-servers", type=int, help=f"scenario 4 running servers ({defaults.s4_servers})")
+    add("--s4-idle", type=int, help=f"scenario 4 servers idle by the Hub ({defaults.s4_idle})")
+    add("--s4-rounds", type=int, help=f"scenario 4 rounds of every variant ({defaults.s4_rounds})")
     add("--workdir", type=Path, help="where Hubs and logs go (default: a new temporary directory)")
     add("--keep", action="store_true", help="keep the work directory (always kept on failure)")
     add("--json", type=Path, help="also write the raw results here")
@@ -113,6 +126,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Config]:
     config = Config(**values)
     if config.s1_idle > config.s1_servers:
         parser.error("--s1-idle cannot exceed --s1-servers")
+    if config.s4_idle > config.s4_servers:
+        parser.error("--s4-idle cannot exceed --s4-servers")
     return args, config
 
 
@@ -175,6 +190,7 @@ class Results:
     s1: Scenario1 | None = None
     s2: Scenario2 | None = None
     s3: Scenario3 | None = None
+    s4: Scenario4 | None = None
     seconds: float = 0.0
 
 
@@ -208,6 +224,9 @@ async def run(config: Config, scenarios: set[int], workdir: Path, command: str) 
     if 3 in scenarios:
         results.s3 = await run_scenario3(config, workdir, progress)
         print(report.scenario3_table(results.s3) + "\n", flush=True)
+    if 4 in scenarios:
+        results.s4 = await run_scenario4(config, workdir, progress)
+        print(report.scenario4_table(results.s4) + "\n", flush=True)
     results.seconds = time.monotonic() - started
     return results
 
@@ -241,11 +260,30 @@ def render(results: Results) -> str:
         ]
     if results.s3:
         parts += ["", "### 3. The operator", "", report.scenario3_table(results.s3)]
+    if results.s4:
+        s4 = results.s4
+        parts += [
+            "",
+            f"### 4. Kernel-aware culling: {s4.servers} running servers, {s4.idle} idle by the "
+            f"Hub, dry runs (medians of {s4.rounds} rounds)",
+            "",
+            report.scenario4_table(s4),
+            "",
+            report.scenario4_details_table(s4),
+            "",
+            report.scenario4_kinds_table(s4),
+            "",
+            "Servers probed, by kind:",
+            "",
+            report.scenario4_probed_table(s4),
+            "",
+            f"The idle Hub used {100 * s4.idle_hub_cpu:.1f} % of a core before the sweeps.",
+        ]
     parts += [
         "",
         "### Targets",
         "",
-        report.targets_table(report.targets(results.s1, results.s2, results.s3)),
+        report.targets_table(report.targets(results.s1, results.s2, results.s3, results.s4)),
     ]
     return "\n".join(parts)
 

@@ -1,4 +1,5 @@
-"""The three benchmark scenarios; each returns plain data for :mod:`benchmarks.report`.
+"""The first three benchmark scenarios; each returns plain data for :mod:`benchmarks.report`
+(scenario 4, kernel-aware culling, is :mod:`benchmarks.kernels`).
 
 1. **Big cull**: many running servers, some idle, every stop taking ``stop_delay`` seconds
    in the FakeSpawner. The reference, hubcull (at the reference's concurrency, at the
@@ -76,6 +77,9 @@ class Config:
     s3_every: float = 10.0
     s3_warmup: float = 15.0
     s3_window: float = 120.0
+    s4_servers: int = 1000
+    s4_idle: int = 200
+    s4_rounds: int = 11
     spawn_concurrency: int = 64
 
 
