@@ -60,6 +60,8 @@ from typing import Any
 import h11
 import httpx
 
+from tests.support.h11read import read_request
+
 __all__ = [
     "LISTING",
     "RESTARTABLE_SPAWNER_CONFIG",
@@ -284,7 +286,7 @@ class FaultProxy:
         conn = h11.Connection(h11.SERVER)
         try:
             while True:
-                request = await self._read_request(conn, reader)
+                request = await read_request(conn, reader)
                 if request is None:
                     return
                 method, target, headers, body = request
@@ -303,31 +305,6 @@ class FaultProxy:
             self._writers.discard(writer)
             self._tasks.discard(task)
             writer.transport.abort()
-
-    @staticmethod
-    async def _read_request(
-        conn: h11.Connection, reader: asyncio.StreamReader
-    ) -> tuple[str, str, dict[str, str], bytes] | None:
-        head: h11.Request | None = None
-        body = bytearray()
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await reader.read(65536)
-                conn.receive_data(data)
-                if not data and head is None and conn.their_state is h11.IDLE:
-                    return None
-                continue
-            if isinstance(event, h11.ConnectionClosed):
-                return None
-            if isinstance(event, h11.Request):
-                head = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                assert head is not None
-                headers = {k.decode().lower(): v.decode() for k, v in head.headers}
-                return head.method.decode(), head.target.decode(), headers, bytes(body)
 
     def _fault_for(self, line: str) -> Fault | None:
         for fault in self.faults:

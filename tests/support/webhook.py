@@ -30,6 +30,8 @@ from typing import Any, Final, Literal
 
 import h11
 
+from tests.support.h11read import read_request
+
 __all__ = ["WebhookReceiver", "WebhookRequest", "webhook_receiver"]
 
 Mode = Literal["respond", "hang", "redirect"]
@@ -176,9 +178,10 @@ class WebhookReceiver:
         conn = h11.Connection(h11.SERVER)
         try:
             while True:
-                request = await self._read(conn, reader)
-                if request is None:
+                read = await read_request(conn, reader)
+                if read is None:
                     return
+                request = WebhookRequest(*read, time.time())
                 self.requests.append(request)
                 self._arrived.set()
                 await self._answer(conn, reader, writer, request)
@@ -191,36 +194,6 @@ class WebhookReceiver:
             self._writers.discard(writer)
             self._tasks.discard(task)
             writer.transport.abort()
-
-    @staticmethod
-    async def _read(conn: h11.Connection, reader: asyncio.StreamReader) -> WebhookRequest | None:
-        head: h11.Request | None = None
-        body = bytearray()
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await reader.read(65536)
-                conn.receive_data(data)
-                if not data and head is None and conn.their_state is h11.IDLE:
-                    return None
-                continue
-            if isinstance(event, h11.ConnectionClosed):
-                return None
-            if isinstance(event, h11.Request):
-                head = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                assert head is not None
-                headers: dict[str, str] = {}
-                for name, value in head.headers:
-                    key = name.decode().lower()
-                    headers[key] = (
-                        f"{headers[key]}, {value.decode()}" if key in headers else (value.decode())
-                    )
-                return WebhookRequest(
-                    head.method.decode(), head.target.decode(), headers, bytes(body), time.time()
-                )
 
     async def _answer(
         self,
