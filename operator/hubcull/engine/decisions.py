@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from .durations import format_duration
-from .hubmodel import Server, Snapshot, User
+from .hubmodel import Server, ServerLabelled, Snapshot, User
 from .policy import Policy
 from .selection import server_in_scope, user_in_scope_for_deletion
 from .signals import ServerKey, ServerSignals, Signals
@@ -27,7 +27,7 @@ IdleSource = Literal["hub", "kernels"]
 
 
 @dataclass(frozen=True)
-class ServerDecision:
+class ServerDecision(ServerLabelled):
     """Stop (or, for an already stopped named server, remove) one server."""
 
     user: str
@@ -39,25 +39,15 @@ class ServerDecision:
     already_stopped: bool = False
     idle_from: IdleSource = "hub"
 
-    @property
-    def label(self) -> str:
-        """``user/server``, or just ``user`` for a default server."""
-        return f"{self.user}/{self.server}" if self.server else self.user
-
 
 @dataclass(frozen=True)
-class Protection:
+class Protection(ServerLabelled):
     """A server kept although a limit (idleness or capacity) would stop it; ``why`` says
     what it is doing (``kernel busy for 2h10m``)."""
 
     user: str
     server: str
     why: str
-
-    @property
-    def label(self) -> str:
-        """``user/server``, or just ``user`` for a default server."""
-        return f"{self.user}/{self.server}" if self.server else self.user
 
 
 @dataclass(frozen=True)

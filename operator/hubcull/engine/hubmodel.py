@@ -29,6 +29,24 @@ def parse_time(value: object) -> datetime | None:
     return parsed
 
 
+def server_label(user: str, server: str) -> str:
+    """``user/server``, or just ``user`` for a default server: how events, status messages and
+    the command line name a server."""
+    return f"{user}/{server}" if server else user
+
+
+class ServerLabelled:
+    """For records of one server with ``user`` and ``server`` fields: their :attr:`label`."""
+
+    user: str
+    server: str
+
+    @property
+    def label(self) -> str:
+        """``user/server``, or just ``user`` for a default server."""
+        return server_label(self.user, self.server)
+
+
 @dataclass(frozen=True)
 class Server:
     """One server of a user (``name == ""`` is the default server)."""
@@ -56,7 +74,7 @@ class Server:
     @property
     def label(self) -> str:
         """``user/server``, or just ``user`` for a default server, as events show it."""
-        return f"{self.user}/{self.name}" if self.name else self.user
+        return server_label(self.user, self.name)
 
 
 @dataclass(frozen=True)

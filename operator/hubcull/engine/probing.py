@@ -23,7 +23,7 @@ from datetime import datetime
 
 from .decisions import Plan, decide
 from .errors import PodsUnavailable
-from .hubmodel import Server, Snapshot
+from .hubmodel import Server, ServerLabelled, Snapshot
 from .kernelprobe import KernelProber, ProbeOutcome
 from .memory import KernelMemory
 from .pods import PodSource, ServerPod
@@ -40,18 +40,13 @@ MAX_PROBE_ROUNDS = 20
 
 
 @dataclass(frozen=True)
-class ProbeFailure:
+class ProbeFailure(ServerLabelled):
     """A server whose probe failed (the Hub decided for it)."""
 
     user: str
     server: str
     result: str
     detail: str
-
-    @property
-    def label(self) -> str:
-        """``user/server``, or just ``user`` for a default server."""
-        return f"{self.user}/{self.server}" if self.server else self.user
 
 
 @dataclass

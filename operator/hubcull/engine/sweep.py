@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 
 from .decisions import Plan, Protection, ServerDecision, UserDecision, decide
 from .hubclient import HubAPIError, HubClient, HubError, HubForbidden
-from .hubmodel import HubDataError, Snapshot, User, parse_user
+from .hubmodel import HubDataError, ServerLabelled, Snapshot, User, parse_user
 from .memory import WarnMemory
 from .notify import NotifyReport, WarnChannel, notify
 from .policy import Policy
@@ -35,7 +35,7 @@ def utcnow() -> datetime:
 
 
 @dataclass(frozen=True)
-class CullRecord:
+class CullRecord(ServerLabelled):
     """A server the sweep stopped (or removed), would have in a dry run, or failed to."""
 
     user: str
@@ -48,11 +48,6 @@ class CullRecord:
     removed: bool = False
     error: str | None = None
     idle_from: str = "hub"
-
-    @property
-    def label(self) -> str:
-        """``user/server``, or just ``user`` for a default server."""
-        return f"{self.user}/{self.server}" if self.server else self.user
 
 
 @dataclass(frozen=True)

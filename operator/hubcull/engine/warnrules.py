@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from .durations import format_duration
+from .hubmodel import ServerLabelled
 
 Verdict = Literal["none", "warn", "wait", "stop"]
 
@@ -88,7 +89,7 @@ def verdict(
 
 
 @dataclass(frozen=True)
-class WarnDecision:
+class WarnDecision(ServerLabelled):
     """A warning given this sweep. ``limit`` is the limit in seconds that will stop the server
     (``idleTimeout``, or ``maxAge`` for reason ``maxAge``); ``over_limit`` is True when the
     server is over it already and waits only for this warning."""
@@ -103,11 +104,6 @@ class WarnDecision:
     idle_from: str = "hub"
 
     @property
-    def label(self) -> str:
-        """``user/server``, or just ``user`` for a default server."""
-        return f"{self.user}/{self.server}" if self.server else self.user
-
-    @property
     def stop_after(self) -> datetime:
         """The earliest time the server can be stopped (the Hub's clock)."""
         return self.warned.stop_after
@@ -120,7 +116,7 @@ class WarnDecision:
 
 
 @dataclass(frozen=True)
-class PendingStop:
+class PendingStop(ServerLabelled):
     """A server warned in an earlier sweep that may not be stopped yet. ``due`` is when it
     may be, if nothing changes: its warning's ``stop_after``, or later if it will not be over
     its limit by then (the server's own clock, for kernel idle times, may lag the Hub's)."""
@@ -132,11 +128,6 @@ class PendingStop:
     warned: Warned
     over_limit: bool = False
     due: datetime | None = None
-
-    @property
-    def label(self) -> str:
-        """``user/server``, or just ``user`` for a default server."""
-        return f"{self.user}/{self.server}" if self.server else self.user
 
     @property
     def due_at(self) -> datetime:

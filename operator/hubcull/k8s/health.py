@@ -26,7 +26,7 @@ from urllib.parse import quote
 import httpx
 import kopf
 
-from .kubeapi import GROUP, PLURAL, VERSION
+from .kubeapi import GROUP, PLURAL, VERSION, client_for
 
 log = logging.getLogger(__name__)
 
@@ -86,18 +86,6 @@ def policies_path(namespace: str | None) -> str:
     """The CullPolicy collection of a namespace, or of all namespaces for ``None``."""
     where = f"/namespaces/{quote(namespace)}" if namespace else ""
     return f"/apis/{GROUP}/{VERSION}{where}/{PLURAL}"
-
-
-def client_for(info: kopf.ConnectionInfo, timeout: float) -> httpx.AsyncClient:
-    """An httpx client with the credentials of a kopf login."""
-    return httpx.AsyncClient(
-        base_url=str(info.server).rstrip("/"),
-        headers=info.as_http_headers(),
-        verify=info.as_ssl_context(),
-        proxy=info.proxy_url,
-        trust_env=info.trust_env,
-        timeout=httpx.Timeout(timeout),
-    )
 
 
 def _answer_problem(server: str, what: str, where: str, response: httpx.Response) -> str:

@@ -15,6 +15,18 @@ import httpx
 GROUP, VERSION, PLURAL = "hubcull.io", "v1alpha1", "cullpolicies"
 
 
+def client_for(info: Any, timeout: float) -> httpx.AsyncClient:
+    """An httpx client with the credentials of a kopf login (a ``kopf.ConnectionInfo``)."""
+    return httpx.AsyncClient(
+        base_url=str(info.server).rstrip("/"),
+        headers=info.as_http_headers(),
+        verify=info.as_ssl_context(),
+        proxy=info.proxy_url,
+        trust_env=info.trust_env,
+        timeout=httpx.Timeout(timeout),
+    )
+
+
 class KubeError(Exception):
     """An unexpected answer from the Kubernetes API (never carries Secret contents)."""
 
@@ -35,14 +47,7 @@ class KubeAPI:
         info = self._connect()
         if info is None:
             raise KubeError("not logged in to Kubernetes: no service account and no kubeconfig")
-        return httpx.AsyncClient(
-            base_url=str(info.server).rstrip("/"),
-            headers=info.as_http_headers(),
-            verify=info.as_ssl_context(),
-            proxy=info.proxy_url,
-            trust_env=info.trust_env,
-            timeout=httpx.Timeout(self._timeout),
-        )
+        return client_for(info, self._timeout)
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         for attempt in range(2):

@@ -16,10 +16,10 @@ from .health import (
     ApiHealth,
     NoCredentialsError,
     check_api_server,
-    client_for,
     find_credentials,
     grace_from_env,
 )
+from .kubeapi import client_for
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
