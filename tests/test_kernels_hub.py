@@ -43,7 +43,7 @@ pytestmark = pytest.mark.hub
 USERS = ("ann", "bob", "cat")
 TAB = "tab"  # reports its activity to the Hub every second, like a server with an open tab
 SILENT = "import time; time.sleep(1200)"
-HOURS_2 = 7200.0
+HOURS_2 = 7200.0 + 20  # clear of the Hub Date header's whole seconds: reads "2h"
 
 
 @dataclass
