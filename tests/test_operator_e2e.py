@@ -45,7 +45,9 @@ async def wait_status(kube: Kube, check, name: str = "default", timeout: float =
 
 async def test_policy_culls_idle_servers_and_reports_everything(kube: Kube, hub: Hub) -> None:
     await populate(
-        hub, {("idle1", ""): 2 * HOUR + 330, ("idle2", "gpu"): 3 * HOUR + 330, ("active", ""): 60}
+        # 2h5m and 3h5m, a few seconds more when the sweep reads them: rounded to the minute
+        hub,
+        {("idle1", ""): 2 * HOUR + 300, ("idle2", "gpu"): 3 * HOUR + 300, ("active", ""): 60},
     )
     async with hubcull_operator(kube):
         await kube.create(secret(await hub.token(MINIMAL_SCOPES)))
