@@ -854,8 +854,9 @@ class Prometheus:
             *self.extra_args,
         ]
 
-    # A start (sync or async) is: _spawn (config, port, process), then polls of /-/ready and,
-    # with wait_for_scrape, of a query showing every target scraped since the spawn.
+    # A start (start_sync; start runs it in a thread) is: _spawn (config, port, process),
+    # then polls of /-/ready and, with wait_for_scrape, of a query showing every target
+    # scraped since the spawn.
 
     def start_sync(self, *, wait_for_scrape: bool = True, timeout: float | None = None) -> None:
         """Start Prometheus; return once it is ready and (``wait_for_scrape``) every target
@@ -884,26 +885,8 @@ class Prometheus:
             self.first_scrape_seconds = time.time() - started
 
     async def start(self, *, wait_for_scrape: bool = True, timeout: float | None = None) -> None:
-        """:meth:`start_sync` without blocking the event loop."""
-        if self.running:
-            return
-        timeout = self.startup_timeout if timeout is None else timeout
-        first = self.port == 0
-        for attempt in range(1, 4):
-            started, offset = self._spawn(attempt, first)
-            try:
-                await self._poll("/-/ready", None, _is_ready, "/-/ready", timeout)
-            except PrometheusStartError:
-                if self._retry(first, attempt, offset):
-                    continue
-                raise
-            self.ready_seconds = time.time() - started
-            break
-        if wait_for_scrape and self.exporters:
-            query = {"query": self._scraped_query(started)}
-            check = self._all_scraped
-            await self._poll("/api/v1/query", query, check, "the first scrapes", timeout)
-            self.first_scrape_seconds = time.time() - started
+        """:meth:`start_sync` without blocking the event loop (in a worker thread)."""
+        await asyncio.to_thread(self.start_sync, wait_for_scrape=wait_for_scrape, timeout=timeout)
 
     def _spawn(self, attempt: int, first: bool) -> tuple[float, int]:
         """Write the config and start the process; returns its start time and log offset."""
@@ -983,27 +966,6 @@ class Prometheus:
                     raise self._timed_out(what, timeout)
                 time.sleep(delay)
                 delay = min(delay * 1.5, 0.1)
-
-    async def _poll(
-        self,
-        path: str,
-        params: dict[str, str] | None,
-        check: Callable[[httpx.Response], bool],
-        what: str,
-        timeout: float,
-    ) -> None:
-        deadline = time.monotonic() + timeout
-        delay = 0.02
-        while True:
-            if not self.running:
-                raise self._not_running(what)
-            with contextlib.suppress(httpx.TransportError):
-                if check(await self._http().get(self.url + path, params=params)):
-                    return
-            if time.monotonic() > deadline:
-                raise self._timed_out(what, timeout)
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.1)
 
     def stop_sync(self, timeout: float = 15.0) -> None:
         """Stop Prometheus (SIGTERM, SIGKILL after ``timeout``); the data dir is kept."""
