@@ -32,11 +32,12 @@ def manifest(path: Path, url: str, name: str = "try", **spec: object) -> Path:
     return path
 
 
-async def hubcull(*args: str, token: str | None = None) -> tuple[int, str, str]:
+async def start_hubcull(*args: str, token: str | None = None) -> asyncio.subprocess.Process:
+    """``hubcull ARGS`` as a subprocess with its output piped, the token in its environment."""
     env = {k: v for k, v in os.environ.items() if k != "JUPYTERHUB_API_TOKEN"}
     if token is not None:
         env["JUPYTERHUB_API_TOKEN"] = token
-    proc = await asyncio.create_subprocess_exec(
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "hubcull.cli",
@@ -45,6 +46,11 @@ async def hubcull(*args: str, token: str | None = None) -> tuple[int, str, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def hubcull(*args: str, token: str | None = None) -> tuple[int, str, str]:
+    """Run ``hubcull ARGS`` to the end: exit status, stdout, stderr."""
+    proc = await start_hubcull(*args, token=token)
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
@@ -254,18 +260,8 @@ async def test_sweep_without_once_sweeps_each_policy_on_its_own_schedule(
     slow["spec"]["every"] = "1h"
     slow["spec"]["dryRun"] = True
     path.write_text(path.read_text() + "---\n" + yaml.safe_dump(slow))
-    env = {**os.environ, "JUPYTERHUB_API_TOKEN": await hub.token(MINIMAL_SCOPES)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hubcull.cli",
-        "sweep",
-        "-f",
-        str(path),
-        "--status",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-    )
+    token = await hub.token(MINIMAL_SCOPES)
+    proc = await start_hubcull("sweep", "-f", str(path), "--status", token=token)
     try:
         assert proc.stdout is not None
         seen = ""

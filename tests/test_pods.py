@@ -56,24 +56,23 @@ async def test_a_running_pod_wins_over_a_terminating_one(kube: Kube) -> None:
     assert found[("ann", "")] == ServerPod("jupyter-ann-new", "http://10.0.0.2:8888")
 
 
-async def test_a_refused_pod_listing_is_forbidden_and_names_the_permission(kube: Kube) -> None:
+@pytest.mark.parametrize(
+    ("status", "reason", "says"),
+    [(403, "Forbidden", "pods list"), (500, "PodsUnavailable", "500")],
+    ids=["refused", "failing"],
+)
+async def test_a_pod_listing_that_fails_is_named(
+    kube: Kube, status: int, reason: str, says: str
+) -> None:
+    """RBAC's refusal is Forbidden and names the permission and the chart value that grants
+    it; any other failure is PodsUnavailable."""
     await kube.create_namespace(NS)
-    kube.emulator["list", kube.emulator.resource(PODS)] << 403
-    pods = source()
-    with pytest.raises(PodsUnavailable) as refused:
-        await pods.server_pods()
-    await pods.kube.aclose()
-    assert refused.value.reason == "Forbidden"
-    assert "pods list" in str(refused.value)
-    assert "inspectServers" in (refused.value.advice or "")
-
-
-async def test_a_failing_pod_listing_is_pods_unavailable(kube: Kube) -> None:
-    await kube.create_namespace(NS)
-    kube.emulator["list", kube.emulator.resource(PODS)] << 500
+    kube.emulator["list", kube.emulator.resource(PODS)] << status
     pods = source()
     with pytest.raises(PodsUnavailable) as failed:
         await pods.server_pods()
     await pods.kube.aclose()
-    assert failed.value.reason == "PodsUnavailable"
-    assert "500" in str(failed.value)
+    assert failed.value.reason == reason
+    assert says in str(failed.value)
+    if status == 403:
+        assert "inspectServers" in (failed.value.advice or "")

@@ -4,8 +4,6 @@ a coarse `every` that sweeps again when a warned server's stop is due."""
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +13,7 @@ from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.scenario import populate
 from tests.support.warn_env import secret_url, warn
 from tests.support.webhook import WebhookReceiver
-from tests.test_cli import hubcull, manifest
+from tests.test_cli import hubcull, manifest, start_hubcull
 
 pytestmark = pytest.mark.hub
 
@@ -28,19 +26,9 @@ async def test_the_loop_warns_then_stops_at_the_stop_time_not_an_every_later(
     url = secret_url(webhook)
     url_file = tmp_path / "webhook-url"
     url_file.write_text(url + "\n")
-    env = {**os.environ, "JUPYTERHUB_API_TOKEN": await hub.token(MINIMAL_SCOPES)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hubcull.cli",
-        "sweep",
-        "-f",
-        str(path),
-        "--webhook-url-file",
-        str(url_file),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    token = await hub.token(MINIMAL_SCOPES)
+    proc = await start_hubcull(
+        "sweep", "-f", str(path), "--webhook-url-file", str(url_file), token=token
     )
     seen: dict[str, tuple[float, str]] = {}
     try:
