@@ -46,8 +46,9 @@ async def test_busy_kernels_keep_their_servers_through_their_pods(
     kube: Kube, jupyter_hub: Hub, servers: dict[str, ServerLocation]
 ) -> None:
     hub = jupyter_hub
-    token = await hub.token([*MINIMAL_SCOPES, "access:servers"])
-    async with JupyterServer(servers["ann"].direct_url, token) as ann:
+    token = await hub.token([*MINIMAL_SCOPES, "tokens"])
+    driver = await hub.token(["access:servers"], note="test driver")
+    async with JupyterServer(servers["ann"].direct_url, driver) as ann:
         kernel = await ann.start_kernel()
         await ann.run_code(kernel["id"], SILENT, wait=False)
         await ann.wait_kernel(kernel["id"], "busy")
@@ -92,7 +93,7 @@ async def test_a_refused_pod_listing_culls_nothing_and_names_the_permission(
     await add_pods(kube, servers)
     kube.emulator["list", kube.emulator.resource(PODS)] << 403
     async with hubcull_operator(kube):
-        await kube.create(secret(await hub.token([*MINIMAL_SCOPES, "access:servers"])))
+        await kube.create(secret(await hub.token([*MINIMAL_SCOPES, "tokens"])))
         await kube.create(
             cullpolicy(
                 hub,

@@ -28,6 +28,7 @@ from .kernelprobe import KernelProber, ProbeOutcome
 from .memory import KernelMemory
 from .pods import PodSource, ServerPod
 from .policy import Policy
+from .probetokens import ProbeTokenRefused, ProbeTokens, TokenMinter
 from .selection import server_in_scope
 from .signals import KernelActivity, ServerKey, ServerSignals, Signals
 from .warnrules import Warned
@@ -102,11 +103,28 @@ class ServerLocator:
 
 @dataclass
 class KernelInspection:
-    """What a sweep of a policy with ``spec.kernels`` needs to look into its servers."""
+    """What a sweep of a policy with ``spec.kernels`` needs to look into its servers: the
+    prober, where the servers are, what earlier sweeps saw, and the probe tokens (made through
+    ``hub``, the policy's Hub client)."""
 
     prober: KernelProber
     locator: ServerLocator
     memory: KernelMemory
+    tokens: ProbeTokens
+    hub: TokenMinter
+
+    async def probe(self, server: Server, terminals: bool) -> ProbeOutcome:
+        """Probe one server with its own probe token. Raises
+        :class:`~hubcull.engine.hubclient.HubAPIError` when the Hub cannot be asked for the
+        token (a refusal for this user is a failed probe of this server alone)."""
+        url, problem = await self.locator.url(server)
+        if url is None:
+            return ProbeOutcome("no_pod", detail=problem)
+        try:
+            token = await self.tokens.token_for(self.hub, server.key)
+        except ProbeTokenRefused as exc:
+            return ProbeOutcome("token_refused", detail=str(exc))
+        return await self.prober.probe(url, terminals=terminals, token=token)
 
 
 def running_in_scope(policy: Policy, snapshot: Snapshot) -> list[Server]:
@@ -149,7 +167,7 @@ async def decide_with_kernels(
     """
     kernels = policy.kernels
     assert kernels is not None
-    prober, locator, memory = inspection.prober, inspection.locator, inspection.memory
+    locator, memory = inspection.locator, inspection.memory
     now = snapshot.now
     stats = ProbeStats()
     signals: dict[ServerKey, ServerSignals] = dict(known or {})
@@ -160,16 +178,16 @@ async def decide_with_kernels(
 
     running = {server.key: server for server in running_in_scope(policy, snapshot)}
     by_kernels = kernels.idle_from == "kernels"
+    # the tokens of servers that stopped or left the scope are deleted
+    await inspection.tokens.keep_only(inspection.hub, running)
 
     async def probe(servers: Iterable[Server]) -> None:
         servers = [s for s in servers if s.key not in tried]
         tried.update(s.key for s in servers)
-        urls = [await locator.url(server) for server in servers]  # pods listed once, first
+        for server in servers:
+            await locator.url(server)  # pods listed once, before any probe or token
         outcomes = await asyncio.gather(
-            *(
-                prober.probe(url, terminals=by_kernels) if url is not None else _no_address(problem)
-                for url, problem in urls
-            )
+            *(inspection.probe(server, terminals=by_kernels) for server in servers)
         )
         for server, outcome in zip(servers, outcomes, strict=True):
             stats.count(server, outcome)
@@ -212,6 +230,3 @@ def _idle_or_capacity(plan: Plan) -> list[ServerKey]:
     every = [*plan.stops, *plan.held_back, *plan.warnings, *plan.pending]
     return [(d.user, d.server) for d in every if d.reason != "maxAge"]
 
-
-async def _no_address(problem: str) -> ProbeOutcome:
-    return ProbeOutcome("no_pod", detail=problem)

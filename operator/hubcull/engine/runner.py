@@ -19,6 +19,7 @@ from .memory import SweepMemory
 from .notify import WarnChannel
 from .pods import PodSource
 from .policy import Policy
+from .probetokens import ProbeTokens
 from .probing import KernelInspection, ServerLocator
 from .promclient import PrometheusClient, QueryResult
 from .status import failure_message, status_after_failure, status_after_sweep
@@ -104,19 +105,21 @@ NEEDS_OPERATOR = (
 
 def _kernel_inspection(
     policy: Policy,
-    token: str,
+    client: HubClient,
     ca_pem: str | None,
     locator: ServerLocator,
     memory: SweepMemory,
+    tokens: ProbeTokens,
 ) -> KernelInspection | None:
     """How this sweep reaches the servers' Jupyter APIs (``None`` without ``spec.kernels``).
-    The probes carry the Hub token, which the servers check with the Hub."""
+    Each probe carries its server's own probe token (made through ``client``), never the
+    policy's token."""
     if policy.kernels is None:
         return None
     prober = KernelProber(
-        token, timeout=policy.kernels.timeout, concurrency=policy.concurrency, ca_pem=ca_pem
+        timeout=policy.kernels.timeout, concurrency=policy.concurrency, ca_pem=ca_pem
     )
-    return KernelInspection(prober, locator, memory.kernels)
+    return KernelInspection(prober, locator, memory.kernels, tokens, client)
 
 
 @dataclass(frozen=True)
@@ -158,14 +161,21 @@ class HubConnection:
     """One policy's Hub client, kept from sweep to sweep while the Hub settings stay the same.
 
     A new client is made when the URL, token, CA, timeout or concurrency changes (a new page
-    size is set on the kept one).
+    size is set on the kept one). The connection also keeps the policy's probe tokens
+    (``spec.kernels``): they are deleted when the Hub or its token changes and when the
+    connection is closed (the policy went, or the operator stops).
     Between sweeps the kept client reuses the Hub's version and the token's scopes for
     :data:`REMEMBER_SECONDS`, so a steady sweep of a small Hub is a single listing; a sweep
     that fails forgets them, so that a fixed token or role is seen at the next sweep.
     """
 
-    def __init__(self, on_response: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_response: Callable[[str], None] | None = None,
+        probe_tokens: ProbeTokens | None = None,
+    ) -> None:
         self.on_response = on_response
+        self.probe_tokens = probe_tokens or ProbeTokens()
         self._client: HubClient | None = None
         self._settings: tuple[Any, ...] | None = None
 
@@ -177,15 +187,22 @@ class HubConnection:
         hub = policy.hub
         settings = (hub.url, token, ca_pem, hub.request_timeout, policy.concurrency)
         if self._client is None or settings != self._settings:
-            await self.aclose()
+            old, old_settings = self._client, self._settings
             self._client = _new_client(policy, token, ca_pem, self.on_response, REMEMBER_SECONDS)
             self._settings = settings
+            if old is not None and old_settings is not None:
+                # the tokens belong to the old Hub; on the same Hub the new token (the old one
+                # may be revoked: a rotation) deletes them
+                same_hub = old_settings[0] == hub.url
+                await self.probe_tokens.release(self._client if same_hub else old)
+                await old.aclose()
         self._client.page_size = policy.page_size
         return self._client
 
     async def aclose(self) -> None:
-        """Close the kept client, if any."""
+        """Delete the probe tokens (best effort, bounded time) and close the kept client."""
         client, self._client, self._settings = self._client, None, None
+        await self.probe_tokens.release(client)
         if client is not None:
             await client.aclose()
 
@@ -256,6 +273,9 @@ async def sweep_policy(
             clock,
         )
     memory = memory or SweepMemory()
+    tokens = connection.probe_tokens if connection is not None else ProbeTokens()
+    if policy.kernels is None and tokens.held:
+        await tokens.release(client)  # spec.kernels was removed: its tokens go
     locator = ServerLocator(policy, pods)  # one pod listing per sweep, for kernels and usage
     try:
         usage = _usage_inspection(policy, namespace, prometheus, locator, on_query)
@@ -265,7 +285,7 @@ async def sweep_policy(
         detail = f"the Prometheus CA bundle is not a valid PEM bundle ({exc})"
         advice = "put a PEM bundle in the Secret named by spec.usage.prometheus.caSecretRef"
         return failed(previous, "InvalidSpec", detail, generation, clock, advice)
-    kernels = _kernel_inspection(policy, token, ca_pem, locator, memory)
+    kernels = _kernel_inspection(policy, client, ca_pem, locator, memory, tokens)
     try:
         result = await run_sweep(policy, client, clock, kernels, memory.warnings, channel, usage)
     except SweepError as exc:
@@ -279,6 +299,7 @@ async def sweep_policy(
         if usage is not None:
             await usage.client.aclose()
         if connection is None:
+            await tokens.release(client)  # a sweep alone keeps no token
             await client.aclose()
     status = status_after_sweep(previous, result, policy, generation, clock())
     return SweepOutcome(status, result=result)
