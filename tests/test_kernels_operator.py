@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 from prometheus_client import generate_latest
 
-from hubcull.engine.probetokens import PROBE_NOTE
+from hubcull.engine.signals.probetokens import PROBE_NOTE
 from tests.support.faultproxy import fault_proxy
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.jupyter import JupyterServer, ServerLocation, start_server

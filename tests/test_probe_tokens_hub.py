@@ -19,12 +19,14 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from hubcull.engine.hubclient import HubClient
-from hubcull.engine.memory import SweepMemory
-from hubcull.engine.pods import ServerPod
-from hubcull.engine.probetokens import PROBE_NOTE, ProbeTokenRefused, ProbeTokens
-from hubcull.engine.runner import HubConnection, SweepOutcome, sweep_policy
-from hubcull.engine.signals import ServerKey
+from hubcull.engine.hub.client import HubClient
+from hubcull.engine.rules.signals import ServerKey
+from hubcull.engine.signals.pods import ServerPod
+from hubcull.engine.signals.probetokens import PROBE_NOTE, ProbeTokenRefused, ProbeTokens
+from hubcull.engine.sweep.connection import HubConnection
+from hubcull.engine.sweep.memory import SweepMemory
+from hubcull.engine.sweep.runner import SweepOutcome, sweep_policy
+from hubcull.engine.sweep.sources import SweepSources
 from tests.support.faultproxy import FaultProxy, Seen, fault_proxy
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.jupyter import JupyterServer, ServerLocation, parse_time, start_server
@@ -164,9 +166,8 @@ async def test_probes_carry_per_server_tokens_and_a_captured_one_cannot_escalate
             kernels={"protectBusy": True},
             selector={"users": ["ann", "bob"]},
         )
-        outcome = await sweep_policy(
-            policy, policy_token, pods=pods, memory=memory, connection=connection
-        )
+        sources = SweepSources(policy_token, pods=pods, memory=memory, connection=connection)
+        outcome = await sweep_policy(policy, sources)
         assert culled(outcome) == {"bob": "idle"}
         assert outcome.result is not None
         assert [p.label for p in outcome.result.protected] == ["ann"]
@@ -215,9 +216,7 @@ async def test_probes_carry_per_server_tokens_and_a_captured_one_cannot_escalate
         await ann_client.aclose()
         await hub.stop("ann")
         await hub.wait_stopped("ann")
-        again = await sweep_policy(
-            policy, policy_token, pods=pods, memory=memory, connection=connection
-        )
+        again = await sweep_policy(policy, sources)
         assert again.result is not None, again.message
         assert await probe_tokens(hub, "ann") == []
         assert await probe_tokens(hub, "bob") == []
@@ -239,7 +238,7 @@ async def test_via_proxy_the_policy_token_reaches_no_server(
         kernels = {"idleFrom": "kernels", "via": "proxy", "proxyURL": recorder.url}
         policy = policy_for(hub, idleTimeout="1h", kernels=kernels, dryRun=True)
         await asyncio.gather(*(hub.set_times(u, "", started=ago(HOURS_2)) for u in USERS))
-        outcome = await sweep_policy(policy, policy_token, memory=SweepMemory())
+        outcome = await sweep_policy(policy, SweepSources(policy_token))
     assert outcome.result is not None, outcome.message
     assert outcome.result.probes.results == {"ok": 3}
     assert anywhere(policy_token, recorder.seen) == []
@@ -277,7 +276,7 @@ async def test_a_filtered_tokens_scope_leaves_uncovered_servers_to_the_hub(
             selector={"users": ["ann", "bob"]},
             dryRun=True,
         )
-        outcome = await sweep_policy(policy, token, pods=pods_for(capturing))
+        outcome = await sweep_policy(policy, SweepSources(token, pods=pods_for(capturing)))
     finally:
         for client in clients:
             await client.aclose()
@@ -307,12 +306,11 @@ async def test_tokens_are_reused_while_valid_renewed_before_expiry_and_the_old_o
         hub, idleTimeout="1h", kernels={"idleFrom": "kernels"}, selector={"users": ["ann"]}
     )
     await hub.set_times("ann", "", started=ago(HOURS_2))
+    sources = SweepSources(policy_token, pods=pods_for(capturing), connection=connection)
     try:
         for moment in (0.0, 5.0, 14.0):
             now[0] = moment
-            outcome = await sweep_policy(
-                policy, policy_token, pods=pods_for(capturing), connection=connection
-            )
+            outcome = await sweep_policy(policy, sources)
             assert outcome.result is not None and outcome.result.probes.results == {"ok": 1}
         first = set(auth_tokens(capturing["ann"].seen))
         assert len(first) == 1 and tokens.counts.created == 1
@@ -321,9 +319,7 @@ async def test_tokens_are_reused_while_valid_renewed_before_expiry_and_the_old_o
         assert timedelta(seconds=19) <= lived <= timedelta(seconds=21)
         mark = capturing["ann"].mark()
         now[0] = 16.0  # within 5 s of its expiry
-        outcome = await sweep_policy(
-            policy, policy_token, pods=pods_for(capturing), connection=connection
-        )
+        outcome = await sweep_policy(policy, sources)
         assert outcome.result is not None and outcome.result.probes.results == {"ok": 1}
         second = set(auth_tokens(capturing["ann"].seen[mark:]))
         assert len(second) == 1 and second != first

@@ -2,7 +2,7 @@
 
 Every request carries ``?no_track_activity=1`` (jupyter_server then leaves the server's own
 ``last_activity`` alone) and that server's probe token: owned by the server's user and scoped
-to that one server (:mod:`~hubcull.engine.probetokens`), never the policy's own token. The
+to that one server (:mod:`~hubcull.engine.signals.probetokens`), never the policy's own token. The
 server asks the Hub whether the token may use it. A probe never raises: whatever goes wrong
 comes back as a failed :class:`ProbeOutcome`, and the Hub's ``last_activity`` decides for that
 server.
@@ -20,9 +20,9 @@ from typing import Any, Literal
 
 import httpx
 
-from .hubclient import make_ssl_context
-from .hubmodel import HubDataError, parse_time
-from .signals import KernelActivity
+from ..hub.client import make_ssl_context
+from ..hub.model import HubDataError, parse_time
+from ..rules.signals import KernelActivity
 
 #: Answers larger than this are refused (a server with thousands of kernels, or not Jupyter).
 MAX_ANSWER_BYTES = 1 << 20

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Protocol
 
-from .errors import SweepError
-from .hubclient import HubAPIError, HubTokenRefused
-from .hubmodel import HubDataError, parse_time
-from .signals import ServerKey
+from ..errors import SweepError
+from ..hub.client import HubAPIError, HubTokenRefused
+from ..hub.model import HubDataError, parse_time
+from ..rules.signals import ServerKey
 
 log = logging.getLogger(__name__)
 
