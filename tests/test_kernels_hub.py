@@ -512,7 +512,18 @@ async def test_hubcull_sweep_prints_kept_servers_and_failed_probes(
         code, out, err = await hubcull(
             "sweep", "-f", str(path), "--once", "--dry-run", token=lab.token
         )
+        probes = proxy.requests(r"^GET /user/")
     assert code == 0, err
+    # the probes carried the users' own tokens, which the run deleted at its end
+    assert probes and all(lab.token not in str(seen.headers) for seen in probes)
+    [ann_token] = {s.headers["authorization"] for s in probes if s.path.startswith("/user/ann/")}
+    gone = await lab.hub.request(
+        "GET", "/user", headers={"Authorization": ann_token}, expected=None
+    )
+    assert gone.status_code == 403
+    for user in USERS:
+        listed = (await lab.hub.request("GET", f"/users/{user}/tokens")).json()["api_tokens"]
+        assert [t for t in listed if t["note"] == "hubcull probe"] == []
     assert "KEEP     ann: kernel busy for " in out
     assert "UNKNOWN  bob: probe failed (http_error: GET api/kernels answered 503)" in out
     assert "WOULD    stop bob (idle 2h" in out and "WOULD    stop cat (idle 2h" in out

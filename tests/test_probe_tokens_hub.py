@@ -361,3 +361,41 @@ async def test_the_hubs_maximum_token_lifetime_is_honoured(hub: Hub) -> None:
             await tokens.token_for(client, ("nobody", ""))
         await tokens.release(client)
     assert await probe_tokens(hub, "ann") == [] and await probe_tokens(hub, "bob") == []
+
+
+async def test_a_rotated_policy_token_or_dropped_spec_kernels_deletes_the_probe_tokens(
+    jupyter_hub: Hub, servers: dict[str, ServerLocation], capturing: dict[str, FaultProxy]
+) -> None:
+    """The kept connection: when the policy's token changes (a rotation), the probe tokens
+    made with the old one are deleted and new ones made; when spec.kernels goes, so do they."""
+    hub = jupyter_hub
+    old_token = await hub.token([*MINIMAL_SCOPES, "tokens"])
+    new_token = await hub.token([*MINIMAL_SCOPES, "tokens"])
+    await hub.set_times("ann", "", started=ago(HOURS_2))
+    spec: dict[str, Any] = {"idleTimeout": "1h", "selector": {"users": ["ann"]}, "dryRun": True}
+    with_kernels = policy_for(hub, kernels={"idleFrom": "kernels"}, **spec)
+    connection = HubConnection()
+    pods = pods_for(capturing)
+    try:
+        first = await sweep_policy(
+            with_kernels, SweepSources(old_token, pods=pods, connection=connection)
+        )
+        assert first.result is not None and first.result.probes.results == {"ok": 1}
+        [used] = set(auth_tokens(capturing["ann"].seen))
+        mark = capturing["ann"].mark()
+        rotated = await sweep_policy(
+            with_kernels, SweepSources(new_token, pods=pods, connection=connection)
+        )
+        assert rotated.result is not None and rotated.result.probes.results == {"ok": 1}
+        [renewed] = set(auth_tokens(capturing["ann"].seen[mark:]))
+        assert renewed != used
+        assert (await hub.request("GET", "/user", token=used, expected=None)).status_code == 403
+        assert len(await probe_tokens(hub, "ann")) == 1
+        dropped = await sweep_policy(
+            policy_for(hub, **spec), SweepSources(new_token, pods=pods, connection=connection)
+        )
+        assert dropped.result is not None, dropped.message
+        assert await probe_tokens(hub, "ann") == []
+        assert connection.probe_tokens.held == 0
+    finally:
+        await connection.aclose()
