@@ -72,8 +72,9 @@ class Scenario5:
     check_rounds: int = 0
     source: Phase | None = None
     checks: Phase | None = None
-    #: sweep number -> (tokens made, tokens deleted) in that sweep, for the sweeps with any
-    busy_sweeps: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: sweep number -> (tokens made, tokens deleted, Hub CPU seconds, wall seconds) of the
+    #: sweeps that made or deleted any
+    busy_sweeps: dict[int, tuple[int, int, float, float]] = field(default_factory=dict)
     steady_sweep_seconds: float = 0.0
     idle_hub_cpu: float = 0.0
     setup_seconds: float = 0.0
@@ -138,14 +139,18 @@ async def scenario5(config: Any, workdir: Path, progress: Progress) -> Scenario5
                 for sweep in range(minutes):
                     now[0] = sweep * every
                     made, deleted = tokens.counts.created, tokens.counts.deleted
-                    t0 = time.monotonic()
+                    t0, cpu0 = time.monotonic(), cpu_seconds(bench.pid)
                     await tokens.keep_only(client, keys)
                     got = await asyncio.gather(*(tokens.token_for(client, k) for k in keys))
                     held.update(zip(keys, got, strict=True))
                     made, deleted = tokens.counts.created - made, tokens.counts.deleted - deleted
                     if made or deleted:
-                        result.busy_sweeps[sweep] = (made, deleted)
-                        progress(f"  sweep {sweep}: {made} tokens made, {deleted} deleted")
+                        cpu, wall = cpu_seconds(bench.pid) - cpu0, time.monotonic() - t0
+                        result.busy_sweeps[sweep] = (made, deleted, cpu, wall)
+                        progress(
+                            f"  sweep {sweep}: {made} tokens made, {deleted} deleted, "
+                            f"Hub CPU {cpu:.2f} s, {wall:.1f} s"
+                        )
                     else:
                         steady.append(time.monotonic() - t0)
 
@@ -203,7 +208,10 @@ def scenario5_table(s5: Scenario5) -> str:
         row(ref, f"reference: the probes' token checks ({s5.check_rounds} per server)"),
         row(s5.source, f"the token source, {s5.minutes} sweeps every {s5.every:g} s"),
     ]
-    busy = ", ".join(f"sweep {k}: {m} made / {d} deleted" for k, (m, d) in s5.busy_sweeps.items())
+    busy = "; ".join(
+        f"sweep {k}: {m} made, {d} deleted, Hub CPU {cpu:.2f} s, {wall:.1f} s"
+        for k, (m, d, cpu, wall) in s5.busy_sweeps.items()
+    )
     lines += [
         "",
         f"Sweeps that made or deleted tokens: {busy or 'none'}; every other sweep asked the "
