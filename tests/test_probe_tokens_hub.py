@@ -27,7 +27,7 @@ from hubcull.engine.sweep.connection import HubConnection
 from hubcull.engine.sweep.memory import SweepMemory
 from hubcull.engine.sweep.runner import SweepOutcome, sweep_policy
 from hubcull.engine.sweep.sources import SweepSources
-from tests.support.faultproxy import FaultProxy, Seen, fault_proxy
+from tests.support.faultproxy import Fault, FaultProxy, Seen, fault_proxy
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.jupyter import JupyterServer, ServerLocation, parse_time, start_server
 from tests.support.scenario import ago, policy_for
@@ -399,3 +399,29 @@ async def test_a_rotated_policy_token_or_dropped_spec_kernels_deletes_the_probe_
         assert connection.probe_tokens.held == 0
     finally:
         await connection.aclose()
+
+
+async def test_a_hub_that_cannot_make_tokens_fails_the_sweep_and_stops_nothing(
+    jupyter_hub: Hub, servers: dict[str, ServerLocation], capturing: dict[str, FaultProxy]
+) -> None:
+    """Not a refusal for one user but the Hub failing (503 on every token creation): the
+    sweep fails like a failed listing, names the Hub's answer, probes and stops nothing."""
+    hub = jupyter_hub
+    for user in ("ann", "bob"):
+        await hub.set_times(user, "", last_activity=ago(HOURS_2))
+    token = await hub.token([*MINIMAL_SCOPES, "tokens"])
+    async with fault_proxy(hub.public_url) as hub_proxy:
+        hub_proxy.inject(Fault("status", r"^POST /hub/api/users/[^/]+/tokens", status=503))
+        policy = policy_for(
+            hub_proxy.api_url,
+            idleTimeout="1h",
+            kernels={"protectBusy": True},
+            selector={"users": ["ann", "bob"]},
+        )
+        outcome = await sweep_policy(policy, SweepSources(token, pods=pods_for(capturing)))
+        assert hub_proxy.stops() == []
+    assert outcome.result is None
+    assert outcome.reason == "HubError"
+    assert "503" in (outcome.message or "") and "probe token" in (outcome.message or "")
+    assert all(proxy.seen == [] for proxy in capturing.values())
+    assert await running(hub, "ann") and await running(hub, "bob")
