@@ -48,10 +48,11 @@ class HubConnection:
             self._client = new_client(policy, token, ca_pem, self.on_response, REMEMBER_SECONDS)
             self._settings = settings
             if old is not None and old_settings is not None:
-                # the tokens belong to the old Hub; on the same Hub the new token (the old one
-                # may be revoked: a rotation) deletes them
-                same_hub = old_settings[0] == hub.url
-                await self.probe_tokens.release(self._client if same_hub else old)
+                if old_settings[:2] != settings[:2]:
+                    # a new Hub or token: the tokens go. They belong to the old Hub; on the
+                    # same Hub the new token (the old one may be revoked) deletes them
+                    same_hub = old_settings[0] == hub.url
+                    await self.probe_tokens.release(self._client if same_hub else old)
                 await old.aclose()
         self._client.page_size = policy.page_size
         return self._client
