@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 import pytest
 import pytest_asyncio
@@ -181,7 +182,12 @@ async def test_probe_tokens_live_with_the_policy_and_the_operator(
         }
         for user, recorder in recorders.items():
             await create_pod(kube, singleuser_pod(user, port=recorder.port), ip="127.0.0.1")
-        async with hubcull_operator(kube):
+        logs: list[str] = []
+        engine_log = logging.getLogger("hubcull")
+        level = engine_log.level
+        engine_log.setLevel(logging.DEBUG)  # every line the operator writes, checked below
+        stack.callback(engine_log.setLevel, level)
+        async with hubcull_operator(kube) as (operator, _):
             await kube.create(secret(token))
             await kube.create(policy)
             first = await kube.wait_for(one_each, timeout=60)
@@ -195,9 +201,11 @@ async def test_probe_tokens_live_with_the_policy_and_the_operator(
             await kube.wait_for(policy_gone, timeout=30)
             await kube.create(policy)
             second = await kube.wait_for(one_each, timeout=60)
+            logs += [record.getMessage() for record in operator.records]
         assert await none_left() == {user: [] for user in USERS}  # deleted at shutdown
-        async with hubcull_operator(kube):  # a restart makes its own
+        async with hubcull_operator(kube) as (operator, _):  # a restart makes its own
             third = await kube.wait_for(one_each, timeout=60)
+            logs += [record.getMessage() for record in operator.records]
         assert await none_left() == {user: [] for user in USERS}
         seen = [request for recorder in recorders.values() for request in recorder.seen]
     assert first.keys() == second.keys() == third.keys() == set(USERS)
@@ -209,6 +217,10 @@ async def test_probe_tokens_live_with_the_policy_and_the_operator(
     for user, recorder in recorders.items():
         used = {r.headers["authorization"] for r in recorder.seen}
         assert len(used) == 3, (user, len(used))
+        # no probe token (nor the policy's) in the operator's log lines
+        for value in used:
+            assert not [line for line in logs if value.removeprefix("token ") in line]
+    assert logs and not [line for line in logs if token in line]
 
 
 async def test_pods_in_another_namespace_hold_the_servers_until_pod_namespace_says_where(
