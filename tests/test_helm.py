@@ -744,8 +744,9 @@ def test_prometheus_egress_only_when_configured():
 
 
 @pytest.mark.helm
-def test_notes_name_the_access_servers_scope_with_inspect_servers():
-    """NOTES.txt: inspectServers needs the Hub token's access:servers scope."""
+def test_notes_name_the_tokens_scope_with_inspect_servers():
+    """NOTES.txt: inspectServers needs the Hub token's tokens scope (the probes' per-server
+    tokens), no longer access:servers, and says the Secret is an admin credential."""
 
     def notes(values):
         result = run_helm(
@@ -754,8 +755,11 @@ def test_notes_name_the_access_servers_scope_with_inspect_servers():
         assert result.returncode == 0, result.output
         return result.stdout.split("NOTES:", 1)[1]
 
-    assert "access:servers" in notes({"inspectServers": True})
-    assert "access:servers" not in notes({})
+    with_kernels = notes({"inspectServers": True})
+    assert "tokens (or a filtered one such as tokens!group=gpu)" in with_kernels
+    assert "admin credential" in with_kernels
+    assert "access:servers" not in with_kernels
+    assert "tokens!group" not in notes({})
 
 
 # --------------------------------------------------------------------------------------------
@@ -1276,16 +1280,19 @@ def test_z2jh_doc_values_and_policy():
 
 
 def test_z2jh_doc_kernel_aware_role_and_proxy_caveat():
-    """docs/z2jh.md: the role for spec.kernels is the minimal one plus access:servers (with
-    the filtered form named), and via: proxy comes with last_activity_interval = 0."""
+    """docs/z2jh.md: the role for spec.kernels is the minimal one plus tokens (with the
+    filtered form named; access:servers is no longer in any role), the threat model is
+    there, and via: proxy comes with last_activity_interval = 0."""
     text = (DOCS / "z2jh.md").read_text(encoding="utf-8")
     blocks = [b for b in _yaml_blocks(DOCS / "z2jh.md") if isinstance(b, dict) and "hub" in b]
     roles = [b["hub"]["loadRoles"]["hubcull"] for b in blocks if "loadRoles" in b["hub"]]
-    kernels = [r for r in roles if "access:servers" in r["scopes"]]
+    kernels = [r for r in roles if "tokens" in r["scopes"]]
     assert len(kernels) == 1
-    assert kernels[0]["scopes"] == [*MINIMAL_SCOPES, "access:servers"]
+    assert kernels[0]["scopes"] == [*MINIMAL_SCOPES, "tokens"]
     assert kernels[0]["services"] == ["hubcull"]
-    assert "access:servers!group=gpu" in text
+    assert not any("access:servers" in scope for r in roles for scope in r["scopes"])
+    assert "tokens!group=gpu" in text
+    assert "**Threat model.**" in text and "admin credential" in text
     configs = [b["hub"]["config"] for b in blocks if "config" in b["hub"]]
     assert {"JupyterHub": {"last_activity_interval": 0}} in configs
     assert "inspectServers: true" in text

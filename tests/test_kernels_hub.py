@@ -49,11 +49,14 @@ HOURS_2 = 7200.0 + 20  # clear of the Hub Date header's whole seconds: reads "2h
 
 @dataclass
 class Lab:
-    """The module's Hub, its servers' addresses and a culler token with access:servers."""
+    """The module's Hub, its servers' addresses, a culler token (with ``tokens``: it makes
+    the per-server probe tokens, it never reaches a server) and the test's own token for
+    driving the servers (``access:servers``)."""
 
     hub: Hub
     token: str
     locations: dict[str, ServerLocation]
+    driver_token: str = ""
     clients: dict[str, JupyterServer] = field(default_factory=dict)
 
     def pods(self, **overrides: str) -> StaticPods:
@@ -68,10 +71,10 @@ class Lab:
         return StaticPods(pods)
 
     def client(self, user: str) -> JupyterServer:
-        """The test's client of the user's server (its own port, the culler's token); the
+        """The test's client of the user's server (its own port, the test's token); the
         kernels and terminals it starts are deleted after the test."""
         if user not in self.clients:
-            self.clients[user] = JupyterServer(self.locations[user].direct_url, self.token)
+            self.clients[user] = JupyterServer(self.locations[user].direct_url, self.driver_token)
         return self.clients[user]
 
 
@@ -95,8 +98,9 @@ async def lab_servers(jupyter_hub: Hub) -> Lab:
     started = await asyncio.gather(
         *(start_server(hub, user) for user in USERS), start_server(hub, TAB, activity_interval=1)
     )
-    token = await hub.token([*MINIMAL_SCOPES, "access:servers"])
-    return Lab(hub, token, {loc.user: loc for loc in started})
+    token = await hub.token([*MINIMAL_SCOPES, "tokens"])
+    driver = await hub.token(["access:servers"], note="test driver")
+    return Lab(hub, token, {loc.user: loc for loc in started}, driver_token=driver)
 
 
 @pytest_asyncio.fixture
@@ -441,18 +445,19 @@ async def test_every_probe_failing_holds_the_servers_and_says_so(lab: Lab) -> No
     assert outcome.status["serversRunning"] == 3
 
 
-async def test_a_token_without_access_servers_fails_before_anything_is_probed_or_stopped(
+async def test_a_token_without_tokens_fails_before_anything_is_probed_or_stopped(
     lab: Lab,
 ) -> None:
     for user in USERS:
         await backdate(lab.hub, user, HOURS_2)
-    token = await lab.hub.token(MINIMAL_SCOPES)
+    # the old role (access:servers) is not enough: the probes no longer use the policy's token
+    token = await lab.hub.token([*MINIMAL_SCOPES, "access:servers"])
     pods = lab.pods()
     policy = policy_for(lab.hub, idleTimeout="1h", kernels={"protectBusy": True})
     outcome = await sweep_policy(policy, SweepSources(token, pods=pods))
     assert outcome.result is None
     assert outcome.reason == "Forbidden"
-    assert "access:servers" in (outcome.message or "")
+    assert "lacks the scope tokens" in (outcome.message or "")
     assert pods.listings == 0
     assert all([await running(lab.hub, user) for user in USERS])
 
@@ -507,7 +512,18 @@ async def test_hubcull_sweep_prints_kept_servers_and_failed_probes(
         code, out, err = await hubcull(
             "sweep", "-f", str(path), "--once", "--dry-run", token=lab.token
         )
+        probes = proxy.requests(r"^GET /user/")
     assert code == 0, err
+    # the probes carried the users' own tokens, which the run deleted at its end
+    assert probes and all(lab.token not in str(seen.headers) for seen in probes)
+    [ann_token] = {s.headers["authorization"] for s in probes if s.path.startswith("/user/ann/")}
+    gone = await lab.hub.request(
+        "GET", "/user", headers={"Authorization": ann_token}, expected=None
+    )
+    assert gone.status_code == 403
+    for user in USERS:
+        listed = (await lab.hub.request("GET", f"/users/{user}/tokens")).json()["api_tokens"]
+        assert [t for t in listed if t["note"] == "hubcull probe"] == []
     assert "KEEP     ann: kernel busy for " in out
     assert "UNKNOWN  bob: probe failed (http_error: GET api/kernels answered 503)" in out
     assert "WOULD    stop bob (idle 2h" in out and "WOULD    stop cat (idle 2h" in out

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 PAGINATION_ACCEPT = "application/jupyterhub-pagination+json"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _SCOPE_RE = re.compile(r"requires any of \[([^\]]*)\]")
+#: JupyterHub's answer to an ``expires_in`` above ``token_expires_in_max_seconds``.
+_EXPIRES_MAX_RE = re.compile(r"expires_in: \d+ must not exceed (\d+)")
 
 StopOutcome = Literal["stopped", "stopping", "gone"]
 
@@ -60,6 +62,14 @@ class HubForbidden(HubAPIError):
     def __init__(self, message: str, scope: str) -> None:
         super().__init__(message)
         self.scope = scope
+
+
+class HubTokenRefused(HubAPIError):
+    """The Hub would not make a token for this one user (the ``tokens`` filter does not cover
+    them, the user lacks the scope asked for, or the user is gone): that user's own problem,
+    not the sweep's."""
+
+    reason = "Forbidden"
 
 
 class HubError(HubAPIError):
@@ -416,4 +426,52 @@ class HubClient:
         if response.status_code == 404:
             return "gone"
         self._raise_for_status(response, f"delete user {name}")
+        return "deleted"
+
+    async def create_token(
+        self, user: str, scopes: list[str], expires_in: int, note: str
+    ) -> dict[str, Any]:
+        """Make a token owned by ``user`` with exactly ``scopes``, valid ``expires_in`` seconds
+        (``POST /users/{user}/tokens``); the Hub's token model, with ``token`` and ``id``.
+
+        When the Hub caps token lifetimes (``token_expires_in_max_seconds``) below
+        ``expires_in``, the token is made with the Hub's maximum. Raises
+        :class:`HubTokenRefused` when the Hub will not make a token for this user, other
+        :class:`HubAPIError` when it cannot be asked at all.
+        """
+        path = f"/users/{quote_name(user)}/tokens"
+        body: dict[str, Any] = {"scopes": scopes, "expires_in": expires_in, "note": note}
+        response = await self._send("POST", path, json=body)
+        if response.status_code == 400:
+            capped = _EXPIRES_MAX_RE.search(_error_message(response, self._token))
+            if capped and 0 < int(capped.group(1)) < expires_in:
+                body["expires_in"] = int(capped.group(1))
+                response = await self._send("POST", path, json=body)
+        what = f"make a probe token for {user}"
+        if response.status_code in (400, 403, 404):
+            message = _error_message(response, self._token)
+            refused = response.status_code == 404 or (
+                response.status_code == 403 and "no permissions to generate tokens" in message
+            )
+            refused = refused or (response.status_code == 400 and "not held by" in message)
+            if refused:
+                raise HubTokenRefused(
+                    f"the Hub refused to make a token for {user} ({response.status_code}: "
+                    f"{message or 'no reason given'})"
+                )
+        self._raise_for_status(response, what)
+        model = self._json(response, what)
+        if not isinstance(model, dict) or not isinstance(model.get("token"), str):
+            raise HubError(f"the Hub's answer has no token while trying to {what}")
+        if not isinstance(model.get("id"), str):
+            raise HubError(f"the Hub's answer has no token id while trying to {what}")
+        return model
+
+    async def delete_token(self, user: str, token_id: str) -> Literal["deleted", "gone"]:
+        """Delete one of ``user``'s tokens by its id (``gone`` if it no longer exists)."""
+        path = f"/users/{quote_name(user)}/tokens/{quote_name(token_id)}"
+        response = await self._send("DELETE", path)
+        if response.status_code == 404:
+            return "gone"
+        self._raise_for_status(response, f"delete a probe token of {user}")
         return "deleted"
