@@ -291,6 +291,37 @@ async def test_a_filtered_tokens_scope_leaves_uncovered_servers_to_the_hub(
     assert [p.label for p in outcome.result.protected] == ["ann"]
 
 
+async def test_a_token_that_may_mint_for_no_server_holds_every_server(
+    jupyter_hub: Hub, servers: dict[str, ServerLocation], capturing: dict[str, FaultProxy]
+) -> None:
+    """``tokens!group=nobody`` covers neither user: every probe fails (token_refused), which
+    is the setup, not the servers. Nothing is stopped (bob's kernel is idle, ann's busy:
+    without the rule both would be culled by the Hub's 2 h), and Ready says ProbesFailing."""
+    hub = jupyter_hub
+    await hub.create_group("nobody", [])
+    clients = [await busy(hub, servers["ann"])]
+    try:
+        for user in ("ann", "bob"):
+            await hub.set_times(user, "", last_activity=ago(HOURS_2))
+        token = await hub.token([*MINIMAL_SCOPES, "tokens!group=nobody"])
+        policy = policy_for(
+            hub, idleTimeout="1h", kernels={"protectBusy": True}, selector={"users": ["ann", "bob"]}
+        )
+        sources = SweepSources(token, pods=pods_for(capturing), namespace="jhub")
+        outcome = await sweep_policy(policy, sources)
+    finally:
+        for client in clients:
+            await client.aclose()
+    assert culled(outcome) == {}
+    assert {("ann", ""), ("bob", "")} <= await hub.running_servers()
+    assert outcome.result is not None
+    assert outcome.result.probes.results == {"token_refused": 2}
+    ready = outcome.status["conditions"][0]
+    assert (ready["status"], ready["reason"]) == ("False", "ProbesFailing")
+    assert "Every probe of this sweep failed (2 servers" in ready["message"]
+    assert "no permissions to generate tokens" in ready["message"]
+
+
 async def test_tokens_are_reused_while_valid_renewed_before_expiry_and_the_old_one_deleted(
     jupyter_hub: Hub, servers: dict[str, ServerLocation], capturing: dict[str, FaultProxy]
 ) -> None:
