@@ -49,6 +49,7 @@ from tests.support.helm_schema import crd_version_schema as crd_schema_of
 FULLNAME = "hubcull"  # release "hubcull" + chart "hubcull" -> just "hubcull"
 CRD_FILE = REPO / "deploy" / "crds" / "cullpolicies.hubcull.io.yaml"
 CHART_CRDS = CHART / "crds"
+CHART_YAML = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))
 #: Kubernetes versions every render is validated against: the chart's minimum and the newest.
 K8S_VERSIONS = ("1.25.0", kubernetes_validate.utils.latest_version())
 
@@ -302,8 +303,8 @@ def test_names_labels_and_namespaces(mode):
         assert labels["app.kubernetes.io/name"] == "hubcull"
         assert labels["app.kubernetes.io/instance"] == RELEASE
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
-        assert labels["helm.sh/chart"] == "hubcull-0.1.0"
-        assert labels["app.kubernetes.io/version"] == "0.1.0"
+        assert labels["helm.sh/chart"] == f"hubcull-{CHART_YAML['version']}"
+        assert labels["app.kubernetes.io/version"] == CHART_YAML["appVersion"]
         if obj["kind"] in CLUSTER_SCOPED:
             assert "namespace" not in meta, key
         else:
@@ -474,7 +475,8 @@ def test_pod_id_names_the_kopf_peer():
 def test_image_tag_defaults_to_app_version_and_digest_wins():
     """The released image by default, tag = appVersion; your own build by repository and
     tag (README's from-source install); a digest pins the image."""
-    assert container(render())["image"] == "ghcr.io/hubcull/hubcull:0.1.0"
+    released = f"ghcr.io/hubcull/hubcull:{CHART_YAML['appVersion']}"
+    assert container(render())["image"] == released
     own = {"image": {"repository": "registry.example/me/hubcull", "tag": "dev-1"}}
     assert container(render(own))["image"] == "registry.example/me/hubcull:dev-1"
     digest = "sha256:" + "a" * 64

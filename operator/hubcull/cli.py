@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from . import __version__
 from .engine.durations import format_duration
 from .engine.memory import SweepMemory
 from .engine.notify import WarnChannel
@@ -398,6 +399,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="hubcull", description="Cull idle JupyterHub servers by CullPolicy resources."
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument(
+        "--version", action="version", version=f"hubcull {__version__}", help="print the version"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     verbosity = _verbosity()
 
