@@ -193,7 +193,8 @@ async def test_readmes_sweep_commands_run_as_written(hub: Hub, tmp_path: Path) -
     )
     section = readme_section("Try a policy against your Hub")
     commands = [line.split("#")[0].split() for line in section.splitlines()]
-    commands = [c for c in commands if c[:2] == [".venv/bin/hubcull", "sweep"]]
+    gpu = [".venv/bin/hubcull", "sweep", "-f", "examples/gpu-profile.yaml"]
+    commands = [c for c in commands if c[:4] == gpu]  # examples/kernels.yaml: test_kernels_hub
     assert len(commands) == 2 and all("--hub-url" in c for c in commands)
     url = commands[0][commands[0].index("--hub-url") + 1]
     assert url == "http://127.0.0.1:8081/hub/api"  # where `kubectl port-forward` puts it

@@ -37,7 +37,7 @@ from tests.support.jupyter import (
     start_server,
 )
 from tests.support.scenario import ago, policy_for
-from tests.test_cli import hubcull, manifest
+from tests.test_cli import hubcull, manifest, readme_section
 
 pytestmark = pytest.mark.hub
 
@@ -500,17 +500,22 @@ async def test_examples_kernels_yaml_works_with_hubcull_sweep_and_proxy_url(
     await idle_kernel(lab.client("bob"), 1)
     for user in USERS:
         await backdate(lab.hub, user, HOURS_2)
-    args = ["--hub-url", lab.hub.api_url, "--proxy-url", lab.hub.public_url]
-    code, out, err = await hubcull(
-        "sweep",
-        "-f",
-        str(EXAMPLE_KERNELS),
-        *args,
-        "--once",
-        "--dry-run",
-        "--status",
-        token=lab.token,
-    )
+    section = readme_section("Try a policy against your Hub").replace("\\\n", " ")
+    [command] = [
+        line.split()
+        for line in section.splitlines()
+        if line.split()[:4] == [".venv/bin/hubcull", "sweep", "-f", "examples/kernels.yaml"]
+    ]
+    # README's port-forwarded Hub and proxy -> the test Hub's
+    forwarded = {
+        "http://127.0.0.1:8081/hub/api": lab.hub.api_url,
+        "http://127.0.0.1:8000": lab.hub.public_url,
+    }
+    assert set(forwarded) <= set(command) and "--proxy-url" in command, command
+    args = [forwarded.get(a, a) for a in command[2:]]
+    args = [str(EXAMPLE_KERNELS) if a == "examples/kernels.yaml" else a for a in args]
+    assert "--dry-run" in args and "--once" in args
+    code, out, err = await hubcull("sweep", *args, "--status", token=lab.token)
     assert code == 0, err
     lines = out.splitlines()
     assert lines[:2] == [
