@@ -22,9 +22,9 @@ from hubcull.cli import (
     print_outcome,
     summary_line,
 )
-from hubcull.engine.policy import parse_spec
-from hubcull.engine.runner import SweepOutcome, failed, suspended
-from hubcull.engine.sweep import SweepResult
+from hubcull.engine.rules.policy import parse_spec
+from hubcull.engine.sweep.records import SweepResult
+from hubcull.engine.sweep.runner import SweepOutcome, failed, suspended
 from tests.support.scenario import TOKEN_REF
 
 CLUSTER_URL = "http://hub:8081/hub/api"
