@@ -21,7 +21,13 @@ from .engine.rules.policy import Policy, PolicyError, parse_spec
 from .engine.sweep.connection import HubConnection
 from .engine.sweep.memory import SweepMemory
 from .engine.sweep.notify import WarnChannel
-from .engine.sweep.runner import SweepOutcome, TokenError, clean_token, sweep_policy
+from .engine.sweep.runner import (
+    NEEDS_OPERATOR,
+    SweepOutcome,
+    TokenError,
+    clean_token,
+    sweep_policy,
+)
 from .engine.sweep.sources import SweepSources
 from .engine.sweep.status import describe_cull, isotime
 from .engine.sweep.webhook import WebhookURLError, check_url
@@ -90,7 +96,8 @@ def operator_only(policy: Policy) -> str | None:
     uses = (("spec.kernels.via: pods", pods), ("spec.usage", policy.usage is not None))
     fields = [name for name, used in uses if used]
     if not fields:
-        return None
+        # a field added later that needs pods, before this function names it
+        return NEEDS_OPERATOR if policy.needs_pods else None
     what = " and ".join(fields) + (" need" if len(fields) > 1 else " needs")
     hints = []
     if pods:
