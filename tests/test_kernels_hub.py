@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import yaml
 
 from hubcull.engine.rules.signals import ServerKey
 from hubcull.engine.signals.pods import ServerPod
@@ -37,7 +38,7 @@ from tests.support.jupyter import (
     start_server,
 )
 from tests.support.scenario import ago, policy_for
-from tests.test_cli import hubcull, manifest
+from tests.test_cli import hubcull, manifest, readme_section
 
 pytestmark = pytest.mark.hub
 
@@ -533,3 +534,46 @@ async def test_hubcull_sweep_prints_kept_servers_and_failed_probes(
     code, out, err = await hubcull("sweep", "-f", str(pods), "--once", token=lab.token)
     assert code == 2
     assert "via: proxy" in err and "operator" in err and len(err.strip().splitlines()) == 1
+    assert "--proxy-url" in err and "spec.usage" not in err  # it names what the policy has
+
+
+EXAMPLE_KERNELS = Path(__file__).resolve().parents[1] / "examples" / "kernels.yaml"
+
+
+async def test_examples_kernels_yaml_works_with_hubcull_sweep_and_proxy_url(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """README's command: examples/kernels.yaml (via: pods, for the operator) tried with
+    ``--hub-url`` and ``--proxy-url`` probes the real servers through the real proxy. The Hub
+    says all three have been idle 2 h; by their kernels (``idleFrom: kernels``) ann (busy)
+    and bob (a cell run seconds ago) are not, so only cat (no kernel: the Hub decides) would
+    be stopped. Had a probe failed, the Hub would have decided for ann and bob too."""
+    await busy_kernel(lab.client("ann"))
+    await idle_kernel(lab.client("bob"), 1)
+    for user in USERS:
+        await backdate(lab.hub, user, HOURS_2)
+    section = readme_section("Try a policy against your Hub").replace("\\\n", " ")
+    [command] = [
+        line.split()
+        for line in section.splitlines()
+        if line.split()[:4] == [".venv/bin/hubcull", "sweep", "-f", "examples/kernels.yaml"]
+    ]
+    # README's port-forwarded Hub and proxy -> the test Hub's
+    forwarded = {
+        "http://127.0.0.1:8081/hub/api": lab.hub.api_url,
+        "http://127.0.0.1:8000": lab.hub.public_url,
+    }
+    assert set(forwarded) <= set(command) and "--proxy-url" in command, command
+    args = [forwarded.get(a, a) for a in command[2:]]
+    args = [str(EXAMPLE_KERNELS) if a == "examples/kernels.yaml" else a for a in args]
+    assert "--dry-run" in args and "--once" in args
+    code, out, err = await hubcull("sweep", *args, "--status", token=lab.token)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[:2] == [
+        "[kernels] WOULD    stop cat (idle 2h)",
+        "[kernels] swept 4 running servers: 1 over a limit, would cull 1, 0 failed (dry run)",
+    ], out
+    status = yaml.safe_load("\n".join(lines[2:]))["status"]
+    assert status["probeFailedLastSweep"] == 0
+    assert await running(lab.hub, "ann") and await running(lab.hub, "bob")

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -124,6 +124,18 @@ def make_ssl_context(ca_pem: str | None) -> ssl.SSLContext:
     if not ca_pem:
         return httpx.create_ssl_context()
     return ssl.create_default_context(cadata=ca_pem)
+
+
+def api_root_hint(url: str) -> str:
+    """What to check when ``url`` is not the Hub's REST API root."""
+    if not urlsplit(url).path.rstrip("/").endswith("/hub/api"):
+        return "it should end in /hub/api, like http://hub:8081/hub/api"
+    return (
+        "the path ends in /hub/api, so check the host and port (the Hub's, like "
+        "http://hub:8081, or its proxy's, not a single-user server's) and the Hub's base URL "
+        "(with JupyterHub.base_url /jupyter/, z2jh's hub.baseUrl, the API is at "
+        "/jupyter/hub/api)"
+    )
 
 
 class HubClient:
@@ -310,7 +322,7 @@ class HubClient:
         if what is not None:
             raise HubError(
                 f"spec.hub.url {self.url} is not the JupyterHub REST API root ({what}): "
-                "it should end in /hub/api, like http://hub:8081/hub/api",
+                + api_root_hint(self.url),
                 status,
             )
         self._remember("info", body)
