@@ -139,6 +139,7 @@ async def decide_with_kernels(
     inspection: KernelInspection,
     warned: Mapping[ServerKey, Warned] | None = None,
     known: Signals | None = None,
+    keeps: Mapping[ServerKey, datetime] | None = None,
 ) -> tuple[Plan, ProbeStats]:
     """Probe the servers whose decision depends on their kernels, then decide (``warned``:
     the warnings of earlier sweeps, see :func:`~hubcull.engine.decisions.decide`).
@@ -190,7 +191,7 @@ async def decide_with_kernels(
             else:
                 due.append(server)
         await probe(due)
-    plan = decide(policy, snapshot, signals=signals, warned=warned)
+    plan = decide(policy, snapshot, signals=signals, warned=warned, keeps=keeps)
     if not kernels.protect_busy:
         return plan, stats
     for _ in range(MAX_PROBE_ROUNDS):
@@ -198,7 +199,7 @@ async def decide_with_kernels(
         if not due:
             return plan, stats
         await probe(due)
-        plan = decide(policy, snapshot, signals=signals, warned=warned)
+        plan = decide(policy, snapshot, signals=signals, warned=warned, keeps=keeps)
     unprobed = {key for key in _idle_or_capacity(plan) if key not in tried}
     if unprobed:
         log.warning("%d servers could not be probed in this sweep; they wait", len(unprobed))

@@ -21,6 +21,7 @@ from .pods import PodSource
 from .policy import Policy
 from .probing import KernelInspection, ServerLocator
 from .promclient import PrometheusClient, QueryResult
+from .rules.keeps import keeps_from_status
 from .status import failure_message, status_after_failure, status_after_sweep
 from .sweep import Clock, SweepResult, run_sweep, utcnow
 from .usage import UsageInspection
@@ -267,7 +268,12 @@ async def sweep_policy(
         return failed(previous, "InvalidSpec", detail, generation, clock, advice)
     kernels = _kernel_inspection(policy, token, ca_pem, locator, memory)
     try:
-        result = await run_sweep(policy, client, clock, kernels, memory.warnings, channel, usage)
+        keeps = (
+            keeps_from_status((previous or {}).get("keeps")) if policy.keep is not None else []
+        )
+        result = await run_sweep(
+            policy, client, clock, kernels, memory.warnings, channel, usage, keeps
+        )
     except SweepError as exc:
         log.debug("sweep failed: %s", exc)
         if isinstance(exc, HubAPIError):

@@ -12,6 +12,7 @@ from typing import Any
 
 from .durations import format_duration
 from .policy import Policy
+from .rules.keeps import keeps_to_status
 from .sweep import SweepResult
 
 RECENT_CULLS_LIMIT = 20
@@ -167,7 +168,21 @@ def status_after_sweep(
         "warnedLastSweep": len(result.warnings),
         "recentCulls": recent_culls(result, previous.get("recentCulls")),
         "conditions": conditions,
+        **_keep_fields(previous, result, policy),
     }
+
+
+def _keep_fields(
+    previous: Mapping[str, Any], result: SweepResult, policy: Policy
+) -> dict[str, Any]:
+    """``status.keeps`` (spec.keep: the keeps that still hold) and ``keepsToday`` (carried
+    on); a policy without spec.keep that had keeps empties the list."""
+    fields: dict[str, Any] = {}
+    if policy.keep is not None or previous.get("keeps"):
+        fields["keeps"] = keeps_to_status(result.keeps) if policy.keep is not None else []
+    if "keepsToday" in previous:
+        fields["keepsToday"] = previous["keepsToday"]
+    return fields
 
 
 def warn_summary(result: SweepResult) -> str:

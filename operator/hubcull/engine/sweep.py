@@ -14,15 +14,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from .decisions import Plan, Protection, ServerDecision, UserDecision, decide
+from .decisions import Judged, Plan, Protection, ServerDecision, UserDecision, decide
 from .hubclient import HubAPIError, HubClient, HubError, HubForbidden
 from .hubmodel import HubDataError, ServerLabelled, Snapshot, User, parse_user
 from .memory import WarnMemory
 from .notify import NotifyReport, WarnChannel, notify
 from .policy import Policy
 from .probing import KernelInspection, ProbeFailure, ProbeStats, decide_with_kernels
+from .rules.keeps import Keep, kept_until, live_keeps
+from .signals import ServerKey
 from .usage import UsageInspection, UsageRead
-from .warnrules import PendingStop, WarnDecision
+from .warnrules import PendingStop, WarnDecision, Warned
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,12 @@ class SweepResult:
     pending: list[PendingStop] = field(default_factory=list)
     next_due: datetime | None = None
     notify: NotifyReport = field(default_factory=NotifyReport)
+    #: spec.keep: the keeps that still hold after this sweep (ended ones and those of
+    #: servers no longer running are gone), how each running server in scope was judged,
+    #: and the warnings that apply (what the service page shows users)
+    keeps: list[Keep] = field(default_factory=list)
+    judged: list[Judged] = field(default_factory=list)
+    warned: dict[ServerKey, Warned] = field(default_factory=dict)
 
     @property
     def probe_failures(self) -> list[ProbeFailure]:
@@ -303,6 +311,7 @@ async def run_sweep(
     warnings: WarnMemory | None = None,
     channel: WarnChannel | None = None,
     usage: UsageInspection | None = None,
+    keeps: list[Keep] | None = None,
 ) -> SweepResult:
     """List, decide and act once. Raises :class:`~hubcull.engine.errors.SweepError` (and culls
     nothing) when the Hub, the servers' pods or Prometheus cannot be read completely.
@@ -310,7 +319,9 @@ async def run_sweep(
     With ``spec.kernels``, ``kernels`` says how to reach the servers to probe them; with
     ``spec.usage``, ``usage`` how to read what their pods do. With ``spec.warn``,
     ``warnings`` holds the warnings of earlier sweeps (none: every server is warned anew) and
-    ``channel`` where webhook posts go; they are posted after acting."""
+    ``channel`` where webhook posts go; they are posted after acting. ``keeps``
+    (``spec.keep``) are the keeps of the previous status: those that still hold protect their
+    servers, and the result carries them on (ended ones and stopped servers' dropped)."""
     started = clock()
     t0 = time.monotonic()
     reading = UsageRead(policy, usage) if policy.usage is not None and usage is not None else None
@@ -323,10 +334,14 @@ async def run_sweep(
     probes = ProbeStats()
     warned = warnings.recall() if warnings is not None else {}
     signals = await reading.signals(snapshot) if reading is not None else {}
+    held = live_keeps(keeps or [], _active_servers(snapshot), snapshot.now)
+    kept = kept_until(held, snapshot.now)
     if policy.kernels is not None and kernels is not None:
-        plan, probes = await decide_with_kernels(policy, snapshot, kernels, warned, signals)
+        plan, probes = await decide_with_kernels(
+            policy, snapshot, kernels, warned, signals, keeps=kept
+        )
     else:
-        plan = decide(policy, snapshot, signals=signals, warned=warned)
+        plan = decide(policy, snapshot, signals=signals, warned=warned, keeps=kept)
     culls, removals, user_culls = await execute(plan, policy, client, clock)
     # warnings reach people after the stops (posts) or after the sweep (events): they count
     # from then, so `before` is never cut short by a long sweep
@@ -356,4 +371,23 @@ async def run_sweep(
         pending=plan.pending,
         next_due=plan.next_due,
         notify=report,
+        keeps=_not_stopped(held, culls),
+        judged=plan.judged,
+        warned=dict(plan.warned),
     )
+
+
+def _active_servers(snapshot: Snapshot) -> dict[ServerKey, datetime | None]:
+    """Every server the Hub lists as running or pending, with its ``started`` time."""
+    return {
+        server.key: server.started
+        for user in snapshot.users
+        for server in user.servers
+        if server.ready or server.pending
+    }
+
+
+def _not_stopped(keeps: list[Keep], culls: list[CullRecord]) -> list[Keep]:
+    """A keep ends when its server stops (here: by ``maxAge``)."""
+    stopped = {(c.user, c.server) for c in culls if c.error is None and not c.dry_run}
+    return [k for k in keeps if k.key not in stopped]
