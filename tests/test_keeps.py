@@ -16,6 +16,7 @@ from hubcull.engine.rules.keeps import (
     keeps_from_status,
     keeps_to_status,
     live_keeps,
+    merge_keeps,
     requested_until,
 )
 from hubcull.engine.signals import ServerSignals, UsageReading
@@ -178,3 +179,16 @@ def test_keep_counts_start_again_each_utc_day() -> None:
     assert counts.add("alice", tomorrow).to_status() == {"day": "2026-11-23", "users": {"alice": 1}}
     assert KeepCounts.from_status(counts.to_status()) == counts
     assert KeepCounts.from_status("junk") == KeepCounts()
+
+
+def test_a_keep_made_during_a_sweep_is_not_lost() -> None:
+    a = Keep("alice", "", later(1))
+    b = Keep("bob", "", later(1))
+    b2 = Keep("bob", "", later(2))
+    c = Keep("carol", "", later(1))
+    # the sweep read a and b, dropped b (server stopped); meanwhile carol kept, alice ended
+    assert merge_keeps([a, b], [a], [b, c]) == [c]
+    # bob extended his keep during the sweep that dropped it: the extension stays
+    assert merge_keeps([a, b], [a], [a, b2]) == [a, b2]
+    # nothing happened meanwhile: the sweep's list is written
+    assert merge_keeps([a, b], [a], [a, b]) == [a]

@@ -244,3 +244,19 @@ def set_keep(
     if until is None:
         return rest
     return [*rest, Keep(user, server, until, **fields)]
+
+
+def merge_keeps(read: Iterable[Keep], written: Iterable[Keep], live: Iterable[Keep]) -> list[Keep]:
+    """The keeps to write after a sweep that started from ``read`` and ended with ``written``,
+    when the status holds ``live`` now: a keep made, changed or ended meanwhile (by a user,
+    through the service) wins over the sweep's copy, so no keep is lost."""
+    before = {k.key: k for k in read}
+    after = {k.key: k for k in written}
+    now_held = {k.key: k for k in live}
+    merged: dict[ServerKey, Keep] = {}
+    for key in {*before, *after, *now_held}:
+        changed = now_held.get(key) != before.get(key)
+        keep = now_held.get(key) if changed else after.get(key)
+        if keep is not None:
+            merged[key] = keep
+    return [merged[key] for key in sorted(merged)]
