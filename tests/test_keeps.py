@@ -6,8 +6,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from hubcull.engine.decisions import decide
-from hubcull.engine.policy import PolicyError, parse_spec
+from hubcull.engine.rules.decisions import decide
 from hubcull.engine.rules.keeps import (
     Keep,
     KeepCounts,
@@ -19,7 +18,8 @@ from hubcull.engine.rules.keeps import (
     merge_keeps,
     requested_until,
 )
-from hubcull.engine.signals import ServerSignals, UsageReading
+from hubcull.engine.rules.policy import PolicyError, parse_spec
+from hubcull.engine.rules.signals import ServerSignals, UsageReading
 from tests.test_decisions import NOW, ago, server, snap, stops, user
 
 HUB = {"url": "http://hub/hub/api", "tokenSecretRef": {"name": "h", "key": "k"}}

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ..engine.decisions import Judged
-from ..engine.policy import Policy
-from ..engine.signals import ServerKey
-from ..engine.sweep import SweepResult
-from ..engine.warnrules import Warned
+from ..engine.rules.decisions import Judged
+from ..engine.rules.policy import Policy
+from ..engine.rules.signals import ServerKey
+from ..engine.rules.warn import Warned
+from ..engine.sweep.records import SweepResult
 
 PolicyKey = tuple[str, str]  # (namespace, name)
 

@@ -19,8 +19,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from ..engine.hubmodel import server_label
-from ..engine.policy import PolicyError, parse_spec
+from ..engine.hub.model import server_label
 from ..engine.rules.keeps import (
     KeepCounts,
     KeepRefused,
@@ -30,6 +29,7 @@ from ..engine.rules.keeps import (
     requested_until,
     set_keep,
 )
+from ..engine.rules.policy import PolicyError, parse_spec
 from ..k8s.keepstatus import change_status
 from ..k8s.kubeapi import KubeAPI, KubeError
 from ..k8s.metrics import Metrics

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from ..engine.hubmodel import Server, User, parse_user
-from ..engine.policy import Policy, PolicyError, parse_spec
+from ..engine.hub.model import Server, User, parse_user
 from ..engine.rules.keeps import KeepCounts, keeps_from_status
-from ..engine.selection import server_in_scope
+from ..engine.rules.policy import Policy, PolicyError, parse_spec
+from ..engine.rules.selection import server_in_scope
 from ..k8s.views import PolicyViews
 from .config import same_api_url
 

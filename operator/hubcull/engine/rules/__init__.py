@@ -1,1 +1,2 @@
-"""The pure rules: the policy model, which servers are in scope, and what to decide."""
+"""Pure rules: the policy model, what a policy selects, which servers need which signal, and
+the decision on a snapshot with its signals. No I/O, no clock: every rule is testable alone."""
