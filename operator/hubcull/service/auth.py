@@ -192,7 +192,7 @@ class OAuthLogin:
                 token = await client.fetch_token(self.config.token_url, code=code)
             except OAuthError as exc:
                 raise NotAuthenticated(f"the Hub refused the login ({exc.error})") from None
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, ValueError) as exc:  # unreachable, or not an OAuth answer
                 raise HubUnavailable(f"the Hub did not answer ({type(exc).__name__})") from None
         access = token.get("access_token")
         if not isinstance(access, str) or not access:
