@@ -79,3 +79,31 @@ def test_warning_posts_carry_the_keep_url_when_the_page_is_served() -> None:
     page = "https://hub.example.org/services/hubcull/"
     keeping = WarnChannel("p", "jhub", url="http://hook", keep_url=page)
     assert warning_payload(keeping, warning)["keepURL"] == page
+
+
+def test_service_settings_come_from_jupyterhubs_variables() -> None:
+    config = ServiceConfig.from_env(
+        {
+            "JUPYTERHUB_API_URL": "http://hub:8081/hub/api/",
+            "JUPYTERHUB_API_TOKEN": "x" * 32,
+            "JUPYTERHUB_SERVICE_URL": "http://0.0.0.0:9000",
+            "JUPYTERHUB_PUBLIC_URL": "https://hub.example.org",
+        }
+    )
+    assert (config.host, config.port, config.prefix) == ("0.0.0.0", 9000, PREFIX)
+    assert config.client_id == "service-hubcull"
+    assert config.callback_url == PREFIX + "oauth_callback"
+    assert config.token_url == "http://hub:8081/hub/api/oauth2/token"
+    assert config.page_url == "https://hub.example.org/services/hubcull/"
+    assert config.https
+
+
+def test_hubcull_run_service_without_the_hubs_variables_exits_2(monkeypatch, capsys) -> None:
+    from hubcull.cli import main
+
+    for name in ("JUPYTERHUB_API_URL", "JUPYTERHUB_API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["run", "--service", "--namespace", "jhub"]) == 2
+    err = capsys.readouterr().err
+    assert "JUPYTERHUB_API_URL and JUPYTERHUB_API_TOKEN" in err
+    assert err.count("\n") == 1
