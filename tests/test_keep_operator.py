@@ -16,6 +16,7 @@ from prometheus_client import generate_latest
 
 from hubcull.k8s import handlers
 from hubcull.k8s.metrics import Metrics
+from tests.support.faultproxy import Fault, Seen, fault_proxy
 from tests.support.jhub import Hub, start_hub
 from tests.support.keep_env import PREFIX, KeepService, form_value, login, new_service
 from tests.support.kube import Kube, run_operator
@@ -27,7 +28,7 @@ pytestmark = [pytest.mark.k8s, pytest.mark.hub]
 
 @asynccontextmanager
 async def operator_with_service(
-    kube: Kube, hub: Hub, service: KeepService
+    kube: Kube, hub: Hub, service: KeepService, api_url: str | None = None
 ) -> AsyncIterator[kopf.Memo]:
     """``hubcull run --service``: the handlers with the service configured, in-process."""
     await kube.create_namespace(NS)
@@ -35,7 +36,7 @@ async def operator_with_service(
         metrics=Metrics(),
         controllers={},
         served=set(),
-        service_config=service.config(hub),
+        service_config=service.config(hub, api_url),
         namespaces=[NS],
     )
     async with run_operator(kube, handlers, namespaces=(NS,), memo=memo):
@@ -185,3 +186,44 @@ async def test_a_user_keeps_a_server_through_the_page_and_it_survives_until_the_
                 status = await swept_after(kube, status["lastSweepTime"])
             assert ("alice", "") not in await hub.running_servers()
             assert [k["server"] for k in status["keeps"]] == ["exp"]
+
+
+SWEEP_START = r"^GET /hub/api/users\?state=ready&(.*&)?offset=0(&|$)"
+
+
+async def test_a_keep_made_while_a_sweep_runs_is_not_lost(kube: Kube, tmp_path: Path) -> None:
+    """The sweep reads the keeps, then (while it lists the Hub) a user keeps another server;
+    what the sweep writes afterwards keeps both."""
+    service = new_service()
+    async with start_hub(tmp_path / "hub", extra_config=service.hub_config()) as hub:
+        await hub.create_users(["alice", "bob"])
+        for user in ("alice", "bob"):
+            await hub.spawn(user, "")
+        async with fault_proxy(hub.public_url) as proxy:
+            policy = cullpolicy(proxy.api_url, idleTimeout="1h", every="10s", keep={"max": "1h"})
+            async with operator_with_service(kube, hub, service, proxy.api_url):
+                await kube.create(secret(service.token))
+                await kube.create(policy)
+                status = await swept_after(kube, None)
+                alice, bob = await user_token(hub, "alice"), await user_token(hub, "bob")
+                first = await api(hub, "POST", "api/servers/~/keep", alice, json={"hours": 1})
+                assert first.status_code == 200, first.text
+                answers: list[int] = []
+
+                async def keep_meanwhile(_: Seen) -> None:
+                    during = await api(hub, "POST", "api/servers/~/keep", bob, json={"hours": 1})
+                    answers.append(during.status_code)
+
+                (fault,) = proxy.inject(
+                    Fault("hook", SWEEP_START, hook=keep_meanwhile, times=1)
+                )
+
+                async def swept_through_the_keep() -> dict:
+                    assert fault.applied == 1 and answers == [200], answers
+                    current = await policy_status(kube)
+                    assert current["lastSweepTime"] != status["lastSweepTime"]
+                    return current
+
+                await kube.wait_for(swept_through_the_keep, timeout=40)
+                after = await swept_after(kube, (await policy_status(kube))["lastSweepTime"])
+                assert [k["user"] for k in after["keeps"]] == ["alice", "bob"]

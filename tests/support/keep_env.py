@@ -58,11 +58,12 @@ class KeepService:
             ]
         )
 
-    def config(self, hub: Hub) -> ServiceConfig:
-        """The service's settings, as JupyterHub's environment variables would give them."""
+    def config(self, hub: Hub, api_url: str | None = None) -> ServiceConfig:
+        """The service's settings, as JupyterHub's environment variables would give them
+        (``api_url``: the Hub API as the operator reaches it, when not the Hub's own)."""
         return ServiceConfig.from_env(
             {
-                "JUPYTERHUB_API_URL": hub.api_url,
+                "JUPYTERHUB_API_URL": api_url or hub.api_url,
                 "JUPYTERHUB_API_TOKEN": self.token,
                 "JUPYTERHUB_SERVICE_PREFIX": PREFIX,
                 "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{self.port}",
