@@ -100,6 +100,13 @@ async def test_a_user_keeps_a_server_through_the_page_and_it_survives_until_the_
                 assert forged.status_code == 403
                 assert not (await policy_status(kube)).get("keeps")
 
+                # the JSON API with the login cookie: reading works, a POST needs the token
+                mine = await browser.get(f"{PREFIX}api/servers")
+                assert mine.status_code == 200 and mine.json()["user"] == "alice"
+                no_header = await browser.post(f"{PREFIX}api/servers/~/keep", json={"hours": 1})
+                assert no_header.status_code == 403
+                assert not (await policy_status(kube)).get("keeps")
+
                 kept = await browser.post(
                     f"{PREFIX}servers/~/keep", data={"hours": "1", "_xsrf": csrf}
                 )
