@@ -46,7 +46,7 @@ async def test_a_keep_made_on_the_standby_is_honoured_before_and_after_failover(
             }
             command = [
                 HUBCULL,
-                "-v",
+                "-vv",
                 "run",
                 "--namespace",
                 NS,
