@@ -119,11 +119,14 @@ CONTRACT_SPEC_FIELDS: dict[str, str] = {
     "warn.webhook.urlSecretRef": "object",
     "warn.webhook.urlSecretRef.name": "string",
     "warn.webhook.urlSecretRef.key": "string",
+    "keep": "object",
+    "keep.max": "duration",
+    "keep.perDay": "integer",
 }
 
 #: Optional feature blocks: absent means off, so they are not defaulted to {} themselves
 #: (their fields are defaulted once the block is there).
-OPT_IN_BLOCKS = ("kernels", "usage", "warn")
+OPT_IN_BLOCKS = ("kernels", "usage", "warn", "keep")
 
 #: Every Secret reference in the spec.
 SECRET_REFS = (
@@ -145,6 +148,7 @@ NUMERIC_LIMITS: dict[str, tuple[int, int | None]] = {
     "pageSize": (1, 1000),
     "usage.busyCPU": (0, None),
     "usage.busyGPU": (0, 100),
+    "keep.perDay": (0, 1000),
 }
 
 #: `kubectl get cullpolicies` columns, as in the contract.
@@ -191,6 +195,7 @@ CEL_MESSAGES = {
         "usage.cullIdleGPU needs idleTimeout: a GPU must stay idle that long before its server"
         " is stopped"
     ),
+    "keep_max": "keep.max must be more than 0",
 }
 
 EXAMPLES = [
@@ -510,6 +515,7 @@ SWITCH_ON: dict[str, dict[str, Any]] = {
     "kernels": {"protectBusy": True},
     "usage": {"prometheus": {"url": "http://prometheus:9090"}, "busyCPU": 1},
     "warn": {},
+    "keep": {"max": "8h"},
 }
 
 
@@ -567,6 +573,7 @@ def test_cel_rule_locations(schema: dict[str, Any]) -> None:
         CEL_MESSAGES["usage_nothing"]: "spec.usage",
         CEL_MESSAGES["window"]: "spec.usage.window",
         CEL_MESSAGES["idle_gpu"]: "spec",
+        CEL_MESSAGES["keep_max"]: "spec.keep.max",
     }
 
 

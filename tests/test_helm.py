@@ -1381,7 +1381,11 @@ def test_z2jh_doc_kernel_aware_role_and_proxy_caveat():
     there, and via: proxy comes with last_activity_interval = 0."""
     text = (DOCS / "z2jh.md").read_text(encoding="utf-8")
     blocks = [b for b in _yaml_blocks(DOCS / "z2jh.md") if isinstance(b, dict) and "hub" in b]
-    roles = [b["hub"]["loadRoles"]["hubcull"] for b in blocks if "loadRoles" in b["hub"]]
+    roles = [
+        b["hub"]["loadRoles"]["hubcull"]
+        for b in blocks
+        if "hubcull" in b["hub"].get("loadRoles", {})  # not spec.keep's block (the user role)
+    ]
     kernels = [r for r in roles if "tokens" in r["scopes"]]
     assert len(kernels) == 1
     assert kernels[0]["scopes"] == [*MINIMAL_SCOPES, "tokens"]
@@ -1455,3 +1459,43 @@ def test_kind_doc_commands():
     policy = yaml.safe_load(_heredoc(DOCS / "kind.md", "apply -f - <<'EOF'"))
     policy["metadata"]["namespace"] = NAMESPACE
     _check_policy(policy)
+
+
+@pytest.mark.helm
+def test_hub_service_serves_the_users_page_behind_a_service():
+    """hubService.enabled: `--service`, JupyterHub's service variables (the token from its
+    Secret), a container port and a Service for z2jh's hub.services.hubcull.url, and the
+    NetworkPolicy admits the Hub's proxy to it; off by default, nothing of it is there."""
+    values = {"hubService": {"enabled": True, "publicURL": "https://hub.example.org"}}
+    objects = render({**values, "networkPolicy": {"enabled": True}})
+    main = container(objects)
+    assert "--service" in main["args"]
+    env = {e["name"]: e for e in main["env"]}
+    assert env["JUPYTERHUB_API_URL"]["value"] == "http://hub:8081/hub/api"
+    assert env["JUPYTERHUB_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "hub",
+        "key": "hub.services.hubcull.apiToken",
+    }
+    assert env["JUPYTERHUB_SERVICE_URL"]["value"] == "http://0.0.0.0:8081"
+    assert env["JUPYTERHUB_SERVICE_PREFIX"]["value"] == "/services/hubcull/"
+    assert env["JUPYTERHUB_PUBLIC_URL"]["value"] == "https://hub.example.org"
+    ports = {p["name"]: p["containerPort"] for p in main["ports"]}
+    assert ports["hub-service"] == 8081
+    page = next(
+        s for s in find(objects, "Service") if not s["metadata"]["name"].endswith("metrics")
+    )
+    assert page["spec"]["ports"] == [
+        {"name": "hub-service", "port": 8081, "targetPort": "hub-service", "protocol": "TCP"}
+    ]
+    ingress = one(objects, "NetworkPolicy")["spec"]["ingress"]
+    to_page = [r for r in ingress if r["ports"][0]["port"] == "hub-service"]
+    assert to_page and {"component": "proxy", "app": "jupyterhub"} in [
+        peer["podSelector"]["matchLabels"] for peer in to_page[0]["from"]
+    ]
+    plain = render()
+    assert "--service" not in container(plain)["args"]
+    assert [s["metadata"]["name"] for s in find(plain, "Service")] == [
+        s["metadata"]["name"]
+        for s in find(plain, "Service")
+        if s["metadata"]["name"].endswith("metrics")
+    ]

@@ -102,6 +102,12 @@ def test_the_operator_layer_never_imports_the_command_line(path: Path) -> None:
     assert not [n for n in _imports(path) if n.startswith("hubcull.cli")]
 
 
+@pytest.mark.parametrize("path", _layer_files("service"), ids=lambda p: p.name)
+def test_the_users_page_never_imports_the_command_line(path: Path) -> None:
+    """The service (spec.keep's page) is part of the operator layer: engine and k8s only."""
+    assert not [n for n in _imports(path) if n.startswith("hubcull.cli")]
+
+
 def test_hubcull_sweep_does_not_load_kopf() -> None:
     """``hubcull sweep`` (the engine and the CLI) runs without importing kopf at all."""
     code = (

@@ -591,6 +591,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     peering.add_argument("--peering", help="kopf peering name, for several replicas")
     run.add_argument("--priority", type=int, default=0, help="peering priority of this replica")
+    run.add_argument(
+        "--service",
+        action="store_true",
+        help="also serve the users' JupyterHub service page (spec.keep), configured by the "
+        "JUPYTERHUB_* service environment variables",
+    )
     return parser
 
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ..engine.clock import Clock, utcnow
 from ..engine.durations import format_duration
+from ..engine.rules.keeps import keeps_from_status, keeps_to_status, merge_keeps
 from ..engine.rules.policy import DEFAULT_EVERY_SECONDS, Policy, PolicyError, parse_spec
 from ..engine.sweep.connection import HubConnection
 from ..engine.sweep.logs import sweep_log
@@ -30,9 +31,11 @@ from ..engine.sweep.runner import (
 from ..engine.sweep.sources import PrometheusAccess, SweepSources
 from ..engine.sweep.status import describe_cull, throttle_message
 from ..engine.sweep.webhook import WebhookURLError, check_url
+from .keepstatus import change_status
 from .kubeapi import KubeAPI, KubeError
 from .metrics import Metrics
 from .pods import KubePodSource
+from .views import PolicyViews
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,13 @@ class PolicyController:
     memory: SweepMemory = field(default_factory=SweepMemory)
     #: (Secret name, key) -> (when it was read, its value)
     _secrets: dict[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
+    #: spec.keep: where the users' page is told what each sweep saw, and its URL (webhooks)
+    views: PolicyViews | None = None
+    keep_url: str | None = None
+    _keeps_read: list[Any] = field(default_factory=list)
+
+    #: status fields the service writes too: never written from the controller's copy
+    KEEP_FIELDS = ("keeps", "keepsToday")
 
     async def close(self) -> None:
         """Delete the probe tokens and close the Hub client kept between sweeps (when the
@@ -87,12 +97,28 @@ class PolicyController:
         except PolicyError as exc:
             await self._finish(failed(self.status, "InvalidSpec", str(exc), generation, self.clock))
             return DEFAULT_EVERY_SECONDS
+        if policy.keep is not None or self.status.get("keeps"):
+            await self._refresh_keeps(body)
         if policy.suspend:
             outcome = suspended(self.status, generation, self.clock)
         else:
             outcome = await self._sweep(policy, generation)
         await self._finish(outcome, policy)
         return outcome.next_sweep_in(policy.every)
+
+    async def _refresh_keeps(self, body: Mapping[str, Any]) -> None:
+        """Sweep with the keeps the policy's status holds now (users add them any time)."""
+        assert self.status is not None
+        live: Mapping[str, Any] | None = None
+        try:
+            live = await self.kube.read_policy(self.namespace, self.name)
+        except KubeError as exc:
+            log.warning("reading %s/%s for its keeps failed: %s", self.namespace, self.name, exc)
+        status = (live if live is not None else body).get("status") or {}
+        for key in self.KEEP_FIELDS:
+            if key in status:
+                self.status[key] = status[key]
+        self._keeps_read = keeps_from_status(self.status.get("keeps"))
 
     def resume_delay(self, body: Mapping[str, Any]) -> float:
         """Seconds until the next sweep is due by ``status.lastSweepTime``, for a loop that
@@ -190,6 +216,12 @@ class PolicyController:
         ref = policy.warn.webhook_url_secret if policy.warn is not None else None
         if ref is None:
             return None
+        channel = await self._webhook_channel(ref)
+        if policy.keep is not None and self.keep_url:
+            channel = replace(channel, keep_url=self.keep_url)
+        return channel
+
+    async def _webhook_channel(self, ref: Any) -> WarnChannel:
         where = f"webhook Secret {ref.name} key {ref.key}"
         try:
             raw, _ = await self._secret(ref.name, ref.key)
@@ -244,8 +276,13 @@ class PolicyController:
 
     async def _finish(self, outcome: SweepOutcome, policy: Policy | None = None) -> None:
         self.status = outcome.status
-        await self.kube.patch_status(self.namespace, self.name, outcome.status)
+        plain = {k: v for k, v in outcome.status.items() if k not in self.KEEP_FIELDS}
+        await self.kube.patch_status(self.namespace, self.name, plain)
         result = outcome.result
+        if result is not None and "keeps" in outcome.status:
+            await self._write_keeps(outcome.status["keeps"])
+        if result is not None and policy is not None and self.views is not None:
+            self.views.record(self.namespace, self.name, policy, result)
         if result is None:
             self.metrics.record_failure(
                 self.namespace, self.name, skipped=outcome.reason == "Suspended"
@@ -272,6 +309,26 @@ class PolicyController:
         self._cull_events(outcome)
         if result.held_back and policy is not None:
             self.post_event("Warning", "Throttled", throttle_message(result, policy))
+
+    async def _write_keeps(self, written: list[dict[str, Any]]) -> None:
+        """Write the sweep's keeps (ended ones dropped), merged with keeps users made,
+        changed or ended while it ran: a keep is never lost to a sweep."""
+        swept = keeps_from_status(written)
+
+        def change(body: Mapping[str, Any]) -> dict[str, Any] | None:
+            live = keeps_from_status((body.get("status") or {}).get("keeps"))
+            merged = keeps_to_status(merge_keeps(self._keeps_read, swept, live))
+            if merged == (body.get("status") or {}).get("keeps"):
+                return None
+            return {"keeps": merged}
+
+        try:
+            fields = await change_status(self.kube, self.namespace, self.name, change)
+        except KubeError as exc:
+            log.warning("writing the keeps of %s/%s failed: %s", self.namespace, self.name, exc)
+            return
+        if fields is not None and self.status is not None:
+            self.status["keeps"] = fields["keeps"]
 
     def _fields(self, **fields: Any) -> dict[str, Any]:
         return {"namespace": self.namespace, "policy": self.name, **fields}

@@ -19,6 +19,7 @@ import kopf
 from .controller import PolicyController
 from .health import ApiHealth, NoCredentialsError, find_credentials
 from .kubeapi import GROUP, PLURAL, VERSION, KubeAPI
+from .views import PolicyViews
 
 FINALIZER = "hubcull.io/sweeper"
 #: Pause after an unexpected error before sweeping again.
@@ -60,6 +61,25 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     box = memo.setdefault("login", LoginBox())
     if "kube" not in memo:
         memo["kube"] = KubeAPI(lambda: box.info)
+    memo.setdefault("views", PolicyViews())
+    await _start_service(memo)
+
+
+async def _start_service(memo: kopf.Memo) -> None:
+    """With ``hubcull run --service`` (``memo["service_config"]``), serve the users' page
+    (spec.keep) on this event loop."""
+    config = memo.get("service_config")
+    if config is None or memo.get("service") is not None:
+        return
+    from ..service.app import KeepService, ServiceRunner
+
+    memo.setdefault("keep_url", config.page_url)
+    service = KeepService(
+        config, memo["kube"], memo["views"], memo.get("metrics"), list(memo.get("namespaces", []))
+    )
+    runner = ServiceRunner(service)
+    await runner.start()
+    memo["service"] = runner
 
 
 @dataclass
@@ -125,6 +145,8 @@ async def sweeper(
         kopf.event(body, type=type_, reason=reason, message=message)
 
     controller = PolicyController(namespace, name, memo["kube"], memo["metrics"], post)
+    controller.views = memo.get("views")
+    controller.keep_url = memo.get("keep_url")
     loop = SweepLoop(meta.get("generation"))
     memo["controllers"][(namespace, name)] = controller
     memo["loops"][(namespace, name)] = loop
@@ -152,6 +174,8 @@ async def sweeper(
         if reason is not None and kopf.DaemonStoppingReason.OPERATOR_PAUSING in reason:
             # a higher-priority peer serves it now: a standby's shutdown must not release it
             memo["served"].discard((namespace, name))
+        if controller.views is not None:
+            controller.views.forget(namespace, name)
         if reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in reason:
             memo["served"].discard((namespace, name))
             memo["metrics"].forget(namespace, name)
@@ -225,4 +249,8 @@ async def release_policies(memo: kopf.Memo, logger: logging.Logger, **_: Any) ->
 
     # concurrently: an operator serving many policies must stop within its grace period
     await asyncio.gather(*(release(ns, name) for ns, name in sorted(memo.get("served", ()))))
+    service = memo.get("service")
+    if service is not None:
+        await service.stop()
+        memo["service"] = None
     await kube.aclose()

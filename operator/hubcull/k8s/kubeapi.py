@@ -35,6 +35,10 @@ class KubeForbidden(KubeError):
     """RBAC refused the request."""
 
 
+class KubeConflict(KubeError):
+    """A write with a ``resourceVersion`` that is no longer the object's (HTTP 409)."""
+
+
 class KubeAPI:
     """A small async Kubernetes client on httpx; ``connect`` returns a kopf ConnectionInfo."""
 
@@ -108,19 +112,91 @@ class KubeAPI:
     def _policy_path(self, namespace: str, name: str) -> str:
         return f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{PLURAL}/{quote(name)}"
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
-        """Merge-patch a CullPolicy's status; ``False`` if the policy is gone."""
+    async def read_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A CullPolicy as the API server has it now (``None`` if it is gone)."""
+        response = await self._request("GET", self._policy_path(namespace, name))
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 400:
+            raise KubeError(f"reading CullPolicy {namespace}/{name} failed: {response.status_code}")
+        return response.json()
+
+    async def list_policies(self, namespaces: list[str]) -> list[dict[str, Any]]:
+        """Every CullPolicy in ``namespaces`` (all namespaces when empty)."""
+        if namespaces:
+            base = f"/apis/{GROUP}/{VERSION}/namespaces"
+            paths = [f"{base}/{quote(ns)}/{PLURAL}" for ns in namespaces]
+        else:
+            paths = [f"/apis/{GROUP}/{VERSION}/{PLURAL}"]
+        items: list[dict[str, Any]] = []
+        for path in paths:
+            response = await self._request("GET", path)
+            if response.status_code >= 400:
+                raise KubeError(f"listing CullPolicies failed: {response.status_code}")
+            items.extend(response.json().get("items") or [])
+        return items
+
+    async def patch_status(
+        self,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        resource_version: str | None = None,
+    ) -> bool:
+        """Merge-patch a CullPolicy's status; ``False`` if the policy is gone. With
+        ``resource_version``, raise :class:`KubeConflict` if the object changed since."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         response = await self._request(
             "PATCH",
             self._policy_path(namespace, name) + "/status",
-            json={"status": status},
+            json=body,
             headers={"Content-Type": "application/merge-patch+json"},
         )
         if response.status_code == 404:
             return False
+        if response.status_code == 409:
+            raise KubeConflict(f"CullPolicy {namespace}/{name} changed meanwhile")
         if response.status_code >= 400:
             raise KubeError(f"patching status of {namespace}/{name} failed: {response.status_code}")
         return True
+
+    async def post_event(
+        self, obj: dict[str, Any], type_: str, reason: str, message: str, now: str
+    ) -> None:
+        """Post a core/v1 Event about a CullPolicy (``now``: RFC 3339). Failures are
+        raised as :class:`KubeError`; events are a courtesy, callers log and go on."""
+        meta = obj.get("metadata") or {}
+        namespace = meta.get("namespace", "default")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "generateName": f"{meta.get('name', 'cullpolicy')}.",
+                "namespace": namespace,
+            },
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion", f"{GROUP}/{VERSION}"),
+                "kind": obj.get("kind", "CullPolicy"),
+                "name": meta.get("name"),
+                "namespace": namespace,
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "hubcull"},
+            "reportingComponent": "hubcull",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        response = await self._request(
+            "POST", f"/api/v1/namespaces/{quote(namespace)}/events", json=event
+        )
+        if response.status_code >= 400:
+            raise KubeError(f"posting an event failed: {response.status_code}")
 
     async def remove_finalizer(self, namespace: str, name: str, finalizer: str) -> None:
         """Drop ``finalizer`` from a CullPolicy (a JSON patch guarded by a ``test``)."""

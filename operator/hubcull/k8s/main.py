@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import kopf
 
@@ -19,8 +20,9 @@ from .health import (
     find_credentials,
     grace_from_env,
 )
-from .kubeapi import client_for
+from .kubeapi import KubeAPI, client_for
 from .metrics import Metrics
+from .views import PolicyViews
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ async def operate(
 ) -> None:
     """Run the operator until ``stop_flag`` is set (or a signal arrives)."""
     namespaces = watched_namespaces(args)
+    config = service_config(args)
     info = await startup_check(namespaces)
     logging.getLogger("aiohttp.server").addFilter(FailedProbeFilter())
     health = ApiHealth(grace_from_env())
@@ -104,6 +107,12 @@ async def operate(
     if args.metrics_port:
         metrics.serve(args.metrics_port)
     memo = kopf.Memo(metrics=metrics, clusterwide=not namespaces, login=login, health=health)
+    memo["kube"] = KubeAPI(lambda: login.info)
+    memo["views"] = PolicyViews()
+    if config is not None:  # served by a startup handler, on kopf's event loop
+        memo["service_config"] = config
+        memo["keep_url"] = config.page_url
+        memo["namespaces"] = namespaces
     # started before kopf, so kopf's shutdown does not wait for it; cancelled below
     heartbeat = asyncio.create_task(health.heartbeat(lambda: login.info, namespaces))
     try:
@@ -122,6 +131,19 @@ async def operate(
         heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeat
+
+
+def service_config(args: argparse.Namespace) -> Any:
+    """The users' page settings with ``--service`` (``None`` without); raises
+    :class:`OperatorConfigError` when the JUPYTERHUB_* variables do not describe one."""
+    if not getattr(args, "service", False):
+        return None
+    from ..service.config import ServiceConfig, ServiceConfigError
+
+    try:
+        return ServiceConfig.from_env()
+    except ServiceConfigError as exc:
+        raise OperatorConfigError(str(exc)) from None
 
 
 def run_operator(args: argparse.Namespace) -> int:

@@ -87,6 +87,13 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.keeps = Counter(
+            "hubcull_keeps",
+            "Keep requests of users (spec.keep) by result: kept, ended, refused",
+            (*labels, "result"),
+            registry=self.registry,
+        )
+
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Serve ``/metrics`` in a background thread."""
         start_http_server(port, addr=addr, registry=self.registry)

@@ -164,6 +164,9 @@ OVERRIDE (a policy's `dryRun: false` beats `policyDefaults.dryRun: true`).
 {{- else }}
 - --standalone
 {{- end }}
+{{- if .Values.hubService.enabled }}
+- --service
+{{- end }}
 {{- range .Values.extraArgs }}
 - {{ . | quote }}
 {{- end }}
@@ -265,6 +268,26 @@ spec:
             fieldRef:
               fieldPath: metadata.labels['apps.kubernetes.io/pod-index']
         {{- end }}
+        {{- with .Values.hubService }}
+        {{- if .enabled }}
+        # The users' page (spec.keep): JupyterHub's service environment variables.
+        - name: JUPYTERHUB_API_URL
+          value: {{ .hubURL | quote }}
+        - name: JUPYTERHUB_API_TOKEN
+          valueFrom:
+            secretKeyRef:
+              name: {{ .tokenSecretRef.name }}
+              key: {{ .tokenSecretRef.key }}
+        - name: JUPYTERHUB_SERVICE_URL
+          value: {{ printf "http://0.0.0.0:%d" (int .port) | quote }}
+        - name: JUPYTERHUB_SERVICE_PREFIX
+          value: {{ .prefix | quote }}
+        {{- if .publicURL }}
+        - name: JUPYTERHUB_PUBLIC_URL
+          value: {{ .publicURL | quote }}
+        {{- end }}
+        {{- end }}
+        {{- end }}
         {{- with .Values.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -275,6 +298,11 @@ spec:
         {{- if .Values.metrics.enabled }}
         - name: metrics
           containerPort: {{ .Values.metrics.port }}
+          protocol: TCP
+        {{- end }}
+        {{- if .Values.hubService.enabled }}
+        - name: hub-service
+          containerPort: {{ .Values.hubService.port }}
           protocol: TCP
         {{- end }}
       livenessProbe:

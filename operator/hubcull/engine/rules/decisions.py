@@ -16,6 +16,7 @@ from typing import Literal
 
 from ..durations import format_duration
 from ..hub.model import Server, ServerLabelled, Snapshot, User
+from .keeps import keep_protection
 from .policy import Policy
 from .selection import server_in_scope, user_in_scope_for_deletion
 from .signals import ServerKey, ServerSignals, Signals
@@ -71,6 +72,20 @@ class _Running:
 
 
 @dataclass(frozen=True)
+class Judged(ServerLabelled):
+    """How the sweep judged one running server in scope, whatever it decided: what users
+    are shown (``spec.keep``'s page). ``protection`` says why it is kept, if it is."""
+
+    user: str
+    server: str
+    idle_seconds: float | None
+    idle_from: IdleSource
+    age_seconds: float | None
+    protection: str | None
+    gpu_idle: bool = False
+
+
+@dataclass(frozen=True)
 class UserDecision:
     """Delete one idle user; ``after_stops`` names servers that must stop first."""
 
@@ -97,6 +112,8 @@ class Plan:
     warnings: list[WarnDecision] = field(default_factory=list)
     pending: list[PendingStop] = field(default_factory=list)
     warned: dict[ServerKey, Warned] = field(default_factory=dict)
+    #: every running server in scope, as judged
+    judged: list[Judged] = field(default_factory=list)
 
     @property
     def over_limit(self) -> int:
@@ -267,6 +284,7 @@ def decide(
     signals: Signals | None = None,
     warned: Mapping[ServerKey, Warned] | None = None,
     hold: Collection[ServerKey] = (),
+    keeps: Mapping[ServerKey, datetime] | None = None,
 ) -> Plan:
     """Decide what one sweep does with ``snapshot``, judged at ``now`` (the Hub's clock).
 
@@ -286,9 +304,14 @@ def decide(
     Servers in ``hold`` are those a signal should have judged but could not (a systemic probe
     failure, a usage query without series): they are not stopped, warned or picked for
     idleness or capacity this sweep; ``maxAge`` still applies.
+
+    ``keeps`` (``spec.keep``) maps servers their users keep to when the keep ends: until
+    then such a server is protected (``kept until ...``) from idleness, ``idleGPU`` and
+    capacity (and any stop that honours protection), never from ``maxAge``.
     """
     now = now or snapshot.now
     signals = signals or {}
+    keeps = keeps or {}
     plan = Plan(now=now, dry_run=policy.dry_run)
     running: list[_Running] = []
     candidates: list[ServerDecision] = []
@@ -300,7 +323,9 @@ def decide(
             if server.pending:
                 plan.skipped_pending += 1
             elif server.ready:
-                item = _judge(policy, server, signals.get(server.key), now)
+                item = _judge(
+                    policy, server, signals.get(server.key), now, keeps.get(server.key)
+                )
                 if server.key in hold:
                     item = replace(item, held=True)
                 running.append(item)
@@ -322,6 +347,18 @@ def decide(
                     )
                 )
     plan.running = len(running)
+    plan.judged = [
+        Judged(
+            i.server.user,
+            i.server.name,
+            i.idle,
+            i.idle_from,
+            i.age,
+            i.protection,
+            i.gpu_idle,
+        )
+        for i in running
+    ]
     if policy.warn is not None and policy.warn.before > 0:
         candidates = _warn_first(policy, plan, running, candidates, warned or {}, now)
     chosen = {(d.user, d.server) for d in candidates}
@@ -344,7 +381,11 @@ def decide(
 
 
 def _judge(
-    policy: Policy, server: Server, signals: ServerSignals | None, now: datetime
+    policy: Policy,
+    server: Server,
+    signals: ServerSignals | None,
+    now: datetime,
+    kept_until: datetime | None = None,
 ) -> _Running:
     idle, source = judged_idle(policy, server, signals, now)
     age = _seconds_since(now, server.started)
@@ -358,7 +399,7 @@ def _judge(
         idle,
         age,
         source,
-        protection(policy, signals),
+        keep_protection(kept_until, now) or protection(policy, signals),
         since,
         gpu_idle(policy, usage, age),
     )

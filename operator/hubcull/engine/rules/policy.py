@@ -137,6 +137,16 @@ class WarnSpec:
 
 
 @dataclass(frozen=True)
+class KeepSpec:
+    """``spec.keep``: users may keep their own servers from idleness, capacity and demand
+    stops for at most ``max`` seconds from now, at most ``per_day`` times a UTC day
+    (0 = unlimited)."""
+
+    max: float
+    per_day: int = 0
+
+
+@dataclass(frozen=True)
 class Policy:
     """A parsed CullPolicy spec with every default applied."""
 
@@ -157,6 +167,7 @@ class Policy:
     kernels: KernelsSpec | None = None
     usage: UsageSpec | None = None
     warn: WarnSpec | None = None
+    keep: KeepSpec | None = None
 
     @property
     def needs_groups(self) -> bool:
@@ -289,6 +300,21 @@ def _warn(top: SpecReader) -> WarnSpec | None:
     return warn
 
 
+def _keep(top: SpecReader) -> KeepSpec | None:
+    if not top.present("keep"):
+        top.seen.add("keep")
+        return None
+    r = top.child("keep")
+    if not r.present("max"):
+        r.problems.append("spec.keep.max: is required (the longest a user may keep a server)")
+    known = len(r.problems)
+    keep = KeepSpec(max=r.duration("max", 0.0), per_day=r.int("perDay", 0, minimum=0))
+    if r.present("max") and len(r.problems) == known and keep.max <= 0:
+        r.problems.append("spec.keep.max: must be more than 0")
+    r.finish()
+    return keep
+
+
 def _check_features(problems: list[str], kwargs: dict[str, Any]) -> None:
     """Rules between spec.kernels, spec.usage, spec.warn and the limits they act on."""
     usage, warn = kwargs["usage"], kwargs["warn"]
@@ -368,6 +394,7 @@ def parse_spec(spec: Mapping[str, Any] | None) -> Policy:
         kernels=_kernels(top),
         usage=_usage(top),
         warn=_warn(top),
+        keep=_keep(top),
     )
     top.finish()
     _check_cross_field(problems, servers, users, policy_kwargs, capacity)

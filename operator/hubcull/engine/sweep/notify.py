@@ -36,6 +36,8 @@ class WarnChannel:
     namespace: str = ""
     url: str | None = None
     problem: str | None = None
+    #: spec.keep: the page where users keep their servers (the ``warning`` posts' ``keepURL``)
+    keep_url: str | None = None
 
     @property
     def label(self) -> str:
@@ -60,6 +62,7 @@ def warning_payload(channel: WarnChannel, warning: WarnDecision) -> dict[str, An
         "idleSeconds": int(warning.idle_seconds),
         "stopAfter": isotime(warning.stop_after),
         "text": f"{warning.text} (policy {channel.label})",
+        **({"keepURL": channel.keep_url} if channel.keep_url else {}),
     }
 
 

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from ..hub.model import Server, ServerLabelled
-from ..rules.decisions import Protection, ServerDecision
-from ..rules.warn import PendingStop, WarnDecision
+from ..rules.decisions import Judged, Protection, ServerDecision
+from ..rules.keeps import Keep
+from ..rules.signals import ServerKey
+from ..rules.warn import PendingStop, WarnDecision, Warned
 from ..signals.kernels import ProbeOutcome
 
 #: ``hubcull_warnings_total`` results.
@@ -130,6 +132,12 @@ class SweepResult:
     #: (Ready reason, message) of what made this sweep hold servers it could not judge
     #: (``ProbesFailing``, ``UsageEmpty``): the sweep ran, but Ready is False
     problems: list[tuple[str, str]] = field(default_factory=list)
+    #: spec.keep: the keeps that still hold after this sweep (ended ones and those of
+    #: servers no longer running are gone), how each running server in scope was judged,
+    #: and the warnings that apply (what the users' page shows)
+    keeps: list[Keep] = field(default_factory=list)
+    judged: list[Judged] = field(default_factory=list)
+    warned: dict[ServerKey, Warned] = field(default_factory=dict)
 
     @property
     def probe_failures(self) -> list[ProbeFailure]:

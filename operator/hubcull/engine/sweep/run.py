@@ -14,8 +14,9 @@ from datetime import datetime
 
 from ..clock import Clock, utcnow
 from ..hub.client import HubAPIError, HubClient
-from ..hub.model import HubDataError, parse_user
+from ..hub.model import HubDataError, Snapshot, parse_user
 from ..rules.decisions import Plan, ServerDecision, UserDecision, decide
+from ..rules.keeps import Keep, kept_until, live_keeps
 from ..rules.needs import running_in_scope
 from ..rules.policy import Policy
 from ..rules.signals import ServerKey, Signals
@@ -142,6 +143,7 @@ async def run_sweep(
     channel: WarnChannel | None = None,
     usage: UsageInspection | None = None,
     where: str = "",
+    keeps: list[Keep] | None = None,
 ) -> SweepResult:
     """List, gather, decide and act once. Raises :class:`~hubcull.engine.errors.SweepError`
     (and culls nothing) when the Hub, the servers' pods or Prometheus cannot be read completely.
@@ -154,7 +156,9 @@ async def run_sweep(
     names where their pods are, for messages); with ``spec.usage``, ``usage`` how to read what
     their pods do. With ``spec.warn``, ``warnings`` holds the warnings of earlier sweeps (none:
     every server is warned anew) and ``channel`` where webhook posts go; they are posted after
-    acting."""
+    acting. ``keeps`` (``spec.keep``) are the keeps of the previous status: those that still
+    hold protect their servers, and the result carries them on (ended ones and those of
+    servers no longer running dropped)."""
     started = clock()
     t0 = time.monotonic()
     reading = UsageRead(policy, usage) if policy.usage is not None and usage is not None else None
@@ -180,7 +184,15 @@ async def run_sweep(
         signals, probes, hold = inspected.signals, inspected.stats, hold | inspected.hold
         if inspected.problem is not None:
             problems.append(("ProbesFailing", inspected.problem))
-    plan = decide(policy, snapshot, signals=signals, warned=warned, hold=hold)
+    held = live_keeps(keeps or [], _active_servers(snapshot), snapshot.now)
+    plan = decide(
+        policy,
+        snapshot,
+        signals=signals,
+        warned=warned,
+        hold=hold,
+        keeps=kept_until(held, snapshot.now),
+    )
     culls, removals, user_culls = await execute(plan, policy, client, clock)
     # warnings reach people after the stops (posts) or after the sweep (events): they count
     # from then, so `before` is never cut short by a long sweep
@@ -211,4 +223,23 @@ async def run_sweep(
         next_due=plan.next_due,
         notify=report,
         problems=problems,
+        keeps=_not_stopped(held, culls),
+        judged=plan.judged,
+        warned=dict(plan.warned),
     )
+
+
+def _active_servers(snapshot: Snapshot) -> dict[ServerKey, datetime | None]:
+    """Every server the Hub lists as running or pending, with its ``started`` time."""
+    return {
+        server.key: server.started
+        for user in snapshot.users
+        for server in user.servers
+        if server.ready or server.pending
+    }
+
+
+def _not_stopped(keeps: list[Keep], culls: list[CullRecord]) -> list[Keep]:
+    """A keep ends when its server stops (here: by ``maxAge``)."""
+    stopped = {(c.user, c.server) for c in culls if c.error is None and not c.dry_run}
+    return [k for k in keeps if k.key not in stopped]

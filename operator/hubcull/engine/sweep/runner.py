@@ -15,6 +15,7 @@ from typing import Any
 from ..clock import Clock, utcnow
 from ..errors import SweepError
 from ..hub.client import HubAPIError, HubClient
+from ..rules.keeps import keeps_from_status
 from ..rules.policy import Policy
 from ..signals.kernels import KernelProber
 from ..signals.pods import ServerLocator
@@ -206,6 +207,7 @@ async def sweep_policy(
             sources.channel,
             usage,
             _where(policy, sources),
+            keeps_from_status((previous or {}).get("keeps")) if policy.keep is not None else [],
         )
     except SweepError as exc:
         log.debug("sweep failed: %s", exc)

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..durations import format_duration
+from ..rules.keeps import keeps_to_status
 from ..rules.policy import Policy
 from .records import SweepResult
 
@@ -191,7 +192,21 @@ def status_after_sweep(
         "warnedLastSweep": len(result.warnings),
         "recentCulls": recent_culls(result, previous.get("recentCulls")),
         "conditions": conditions,
+        **_keep_fields(previous, result, policy),
     }
+
+
+def _keep_fields(
+    previous: Mapping[str, Any], result: SweepResult, policy: Policy
+) -> dict[str, Any]:
+    """``status.keeps`` (spec.keep: the keeps that still hold) and ``keepsToday`` (carried
+    on); a policy without spec.keep that had keeps empties the list."""
+    fields: dict[str, Any] = {}
+    if policy.keep is not None or previous.get("keeps"):
+        fields["keeps"] = keeps_to_status(result.keeps) if policy.keep is not None else []
+    if "keepsToday" in previous:
+        fields["keepsToday"] = previous["keepsToday"]
+    return fields
 
 
 def warn_summary(result: SweepResult) -> str:
