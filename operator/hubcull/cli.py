@@ -21,6 +21,7 @@ from .engine.notify import WarnChannel
 from .engine.policy import Policy, PolicyError, parse_spec
 from .engine.runner import (
     NEEDS_OPERATOR,
+    NEEDS_OPERATOR_DEMAND,
     HubConnection,
     SweepOutcome,
     TokenError,
@@ -123,6 +124,8 @@ def load_manifests(paths: Sequence[str], hub_url: str | None = None) -> list[Man
                 policy = parse_spec(spec)
             except PolicyError as exc:
                 raise CLIError(f"{path}: invalid CullPolicy {name}: {exc}") from None
+            if policy.demand is not None:
+                raise CLIError(f"{path}: CullPolicy {name}: {NEEDS_OPERATOR_DEMAND}")
             if policy.needs_pods:
                 raise CLIError(f"{path}: CullPolicy {name}: {NEEDS_OPERATOR}")
             manifests.append(Manifest(name, str(namespace) if namespace else None, path, policy))

@@ -17,12 +17,13 @@ from typing import Literal
 from .durations import format_duration
 from .hubmodel import Server, ServerLabelled, Snapshot, User
 from .policy import Policy
+from .rules.demand import DemandData, Judged, WaitingPod, choose_victims
 from .selection import server_in_scope, user_in_scope_for_deletion
 from .signals import ServerKey, ServerSignals, Signals
 from .usagerules import gpu_idle, usage_protection
 from .warnrules import PendingStop, WarnDecision, Warned, needs_warning, verdict
 
-Reason = Literal["idle", "maxAge", "capacity", "idleGPU"]
+Reason = Literal["idle", "maxAge", "capacity", "idleGPU", "demand"]
 IdleSource = Literal["hub", "kernels"]
 
 
@@ -38,6 +39,11 @@ class ServerDecision(ServerLabelled):
     remove: bool = False
     already_stopped: bool = False
     idle_from: IdleSource = "hub"
+    #: reason demand: the waiting pod it is stopped for, what it frees, and the Hub's
+    #: last_activity of the server at the listing (checked again just before the stop)
+    for_pod: str | None = None
+    frees: tuple[str, ...] = ()
+    seen_activity: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,9 @@ class Plan:
     warnings: list[WarnDecision] = field(default_factory=list)
     pending: list[PendingStop] = field(default_factory=list)
     warned: dict[ServerKey, Warned] = field(default_factory=dict)
+    #: spec.demand: the pods waiting for room, and those of them no stop of this sweep helps
+    waiting: tuple[WaitingPod, ...] = ()
+    unhelped: tuple[WaitingPod, ...] = ()
 
     @property
     def over_limit(self) -> int:
@@ -258,6 +267,7 @@ def decide(
     now: datetime | None = None,
     signals: Signals | None = None,
     warned: Mapping[ServerKey, Warned] | None = None,
+    demand: DemandData | None = None,
 ) -> Plan:
     """Decide what one sweep does with ``snapshot``, judged at ``now`` (the Hub's clock).
 
@@ -273,6 +283,11 @@ def decide(
     candidate for idleness or ``maxAge`` is stopped only once its warning is ``before`` old,
     and servers that such a limit would stop within ``before`` are warned
     (:mod:`~hubcull.engine.warnrules`); capacity stops do not wait.
+
+    With ``spec.demand``, ``demand`` holds the pods waiting for room and what each server's
+    pod holds: the servers :func:`~hubcull.engine.rules.demand.choose_victims` picks (idle
+    at least ``minIdle``, not protected) are stopped with reason ``demand`` (a candidate for
+    another reason becomes a demand stop) without waiting for a warning.
     """
     now = now or snapshot.now
     signals = signals or {}
@@ -314,6 +329,8 @@ def decide(
     picked = _capacity_pick(policy, not_chosen, protect=True)
     candidates += [_decision(policy, item, "capacity") for item in picked]
     _capacity_ends_waiting(plan, {item.server.key for item in picked})
+    if policy.demand is not None and demand is not None:
+        candidates = _demand_stops(policy, plan, running, candidates, demand)
     for item in _capacity_pick(policy, not_chosen, protect=False):
         if item.protection:
             protected[item.server.key] = item.protection
@@ -437,6 +454,49 @@ def _warn_first(
     plan.warnings.sort(key=lambda w: (w.user, w.server))
     plan.pending.sort(key=lambda w: (w.user, w.server))
     return stops
+
+
+def _demand_stops(
+    policy: Policy,
+    plan: Plan,
+    running: list[_Running],
+    candidates: list[ServerDecision],
+    demand: DemandData,
+) -> list[ServerDecision]:
+    """Add the servers to stop for waiting pods (reason ``demand``) to ``candidates``."""
+    assert policy.demand is not None
+    judged = [Judged(item.server.key, item.idle, item.protection) for item in running]
+    victims = {
+        v.key: v
+        for v in choose_victims(demand.waiting, demand.holds, judged, policy.demand.min_idle)
+    }
+    items = {item.server.key: item for item in running}
+
+    def for_demand(decision: ServerDecision, key: ServerKey) -> ServerDecision:
+        victim = victims[key]
+        return replace(
+            decision,
+            reason="demand",
+            idle_seconds=items[key].idle or 0.0,
+            idle_from=items[key].idle_from,
+            for_pod=victim.pod,
+            frees=victim.frees,
+            seen_activity=items[key].server.last_activity,
+        )
+
+    result = []
+    for decision in candidates:
+        key = (decision.user, decision.server)
+        result.append(for_demand(decision, key) if key in victims else decision)
+    chosen = {(d.user, d.server) for d in candidates}
+    for key in victims:
+        if key not in chosen:
+            result.append(for_demand(_decision(policy, items[key], "demand"), key))
+    _capacity_ends_waiting(plan, set(victims))  # demand stops do not wait for a warning
+    helped = {v.pod for v in victims.values()}
+    plan.waiting = demand.waiting
+    plan.unhelped = tuple(p for p in demand.waiting if p.name not in helped)
+    return result
 
 
 def _capacity_ends_waiting(plan: Plan, picked: set[ServerKey]) -> None:

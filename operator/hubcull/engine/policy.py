@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .rules.demand import DemandSpec
 from .specreader import SecretKeyRef, SpecReader, http_url, secret_ref
 
 __all__ = ["SecretKeyRef"]
@@ -19,6 +20,8 @@ DEFAULT_EVERY_SECONDS = 600.0
 MAX_CONCURRENCY = 100
 MAX_PAGE_SIZE = 1000
 MIN_USAGE_WINDOW_SECONDS = 60.0
+#: spec.demand.after: how long a pod must be Unschedulable before room is freed for it.
+DEMAND_AFTER_RANGE = (5.0, 600.0)
 
 #: The contract's default PromQL templates ({namespace} and {window} are substituted).
 DEFAULT_CPU_QUERY = (
@@ -156,6 +159,7 @@ class Policy:
     kernels: KernelsSpec | None = None
     usage: UsageSpec | None = None
     warn: WarnSpec | None = None
+    demand: DemandSpec | None = None
 
     @property
     def needs_groups(self) -> bool:
@@ -165,7 +169,11 @@ class Policy:
     @property
     def needs_pods(self) -> bool:
         """True when the policy needs the servers' KubeSpawner pods (the operator)."""
-        return self.usage is not None or (self.kernels is not None and self.kernels.via == "pods")
+        return (
+            self.usage is not None
+            or self.demand is not None
+            or (self.kernels is not None and self.kernels.via == "pods")
+        )
 
 
 def _matcher(reader: SpecReader, with_admins: bool) -> Matcher:
@@ -282,6 +290,29 @@ def _warn(top: SpecReader) -> WarnSpec | None:
     return warn
 
 
+def _demand(top: SpecReader) -> DemandSpec | None:
+    if not top.present("demand"):
+        top.seen.add("demand")
+        return None
+    r = top.child("demand")
+    if not r.present("minIdle"):
+        r.problems.append(
+            "spec.demand.minIdle: is required (only servers idle this long are stopped for "
+            "demand)"
+        )
+    min_idle = r.duration("minIdle", 0.0)
+    if r.present("minIdle") and min_idle <= 0:
+        r.problems.append("spec.demand.minIdle: must be more than 0")
+    low, high = DEMAND_AFTER_RANGE
+    demand = DemandSpec(
+        min_idle=min_idle,
+        after=r.duration("after", 30.0, minimum=low, maximum=high),
+        scale_up_wait=r.duration("scaleUpWait", 240.0),
+    )
+    r.finish()
+    return demand
+
+
 def _check_features(problems: list[str], kwargs: dict[str, Any]) -> None:
     """Rules between spec.kernels, spec.usage, spec.warn and the limits they act on."""
     usage, warn = kwargs["usage"], kwargs["warn"]
@@ -361,6 +392,7 @@ def parse_spec(spec: Mapping[str, Any] | None) -> Policy:
         kernels=_kernels(top),
         usage=_usage(top),
         warn=_warn(top),
+        demand=_demand(top),
     )
     top.finish()
     _check_cross_field(problems, servers, users, policy_kwargs, capacity)

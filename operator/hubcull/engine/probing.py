@@ -28,6 +28,7 @@ from .kernelprobe import KernelProber, ProbeOutcome
 from .memory import KernelMemory
 from .pods import PodSource, ServerPod
 from .policy import Policy
+from .rules.demand import DemandData
 from .selection import server_in_scope
 from .signals import KernelActivity, ServerKey, ServerSignals, Signals
 from .warnrules import Warned
@@ -139,6 +140,7 @@ async def decide_with_kernels(
     inspection: KernelInspection,
     warned: Mapping[ServerKey, Warned] | None = None,
     known: Signals | None = None,
+    demand: DemandData | None = None,
 ) -> tuple[Plan, ProbeStats]:
     """Probe the servers whose decision depends on their kernels, then decide (``warned``:
     the warnings of earlier sweeps, see :func:`~hubcull.engine.decisions.decide`).
@@ -190,7 +192,7 @@ async def decide_with_kernels(
             else:
                 due.append(server)
         await probe(due)
-    plan = decide(policy, snapshot, signals=signals, warned=warned)
+    plan = decide(policy, snapshot, signals=signals, warned=warned, demand=demand)
     if not kernels.protect_busy:
         return plan, stats
     for _ in range(MAX_PROBE_ROUNDS):
@@ -198,7 +200,7 @@ async def decide_with_kernels(
         if not due:
             return plan, stats
         await probe(due)
-        plan = decide(policy, snapshot, signals=signals, warned=warned)
+        plan = decide(policy, snapshot, signals=signals, warned=warned, demand=demand)
     unprobed = {key for key in _idle_or_capacity(plan) if key not in tried}
     if unprobed:
         log.warning("%d servers could not be probed in this sweep; they wait", len(unprobed))

@@ -17,7 +17,7 @@ from .hubclient import HubAPIError, HubClient
 from .kernelprobe import KernelProber
 from .memory import SweepMemory
 from .notify import WarnChannel
-from .pods import PodSource
+from .pods import DemandSource, PodSource
 from .policy import Policy
 from .probing import KernelInspection, ServerLocator
 from .promclient import PrometheusClient, QueryResult
@@ -99,6 +99,12 @@ def failed(
 NEEDS_OPERATOR = (
     "spec.kernels.via: pods and spec.usage need the servers' pods, which only the operator "
     "(hubcull run) can list; with hubcull sweep use spec.kernels.via: proxy and no spec.usage"
+)
+
+
+NEEDS_OPERATOR_DEMAND = (
+    "spec.demand watches the servers' pods for ones that cannot start, which only the "
+    "operator (hubcull run) can do; remove spec.demand to try the policy with hubcull sweep"
 )
 
 
@@ -225,6 +231,7 @@ async def sweep_policy(
     namespace: str | None = None,
     prometheus: PrometheusAccess | None = None,
     on_query: Callable[[QueryResult], None] | None = None,
+    demand: DemandSource | None = None,
 ) -> SweepOutcome:
     """Sweep once (unless suspended) and return the status to write.
 
@@ -234,10 +241,13 @@ async def sweep_policy(
     it, warned servers are warned again each sweep and never stopped for idleness or maxAge)
     and ``channel`` where ``spec.warn.webhook`` posts go. With ``spec.usage``, ``namespace``
     is the policy's (its pods' series are read), ``prometheus`` the token and CA for
-    Prometheus, and ``on_query`` counts each query.
+    Prometheus, and ``on_query`` counts each query. With ``spec.demand``, ``demand`` says
+    which pods wait for room (the operator's pod watch).
     """
     if policy.suspend:
         return suspended(previous, generation, clock)
+    if policy.demand is not None and demand is None:
+        return failed(previous, "InvalidSpec", NEEDS_OPERATOR_DEMAND, generation, clock)
     if policy.needs_pods and pods is None:
         return failed(previous, "InvalidSpec", NEEDS_OPERATOR, generation, clock)
     if policy.usage is not None and namespace is None:
@@ -267,7 +277,9 @@ async def sweep_policy(
         return failed(previous, "InvalidSpec", detail, generation, clock, advice)
     kernels = _kernel_inspection(policy, token, ca_pem, locator, memory)
     try:
-        result = await run_sweep(policy, client, clock, kernels, memory.warnings, channel, usage)
+        result = await run_sweep(
+            policy, client, clock, kernels, memory.warnings, channel, usage, demand
+        )
     except SweepError as exc:
         log.debug("sweep failed: %s", exc)
         if isinstance(exc, HubAPIError):

@@ -15,12 +15,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from .decisions import Plan, Protection, ServerDecision, UserDecision, decide
+from .errors import SweepError
 from .hubclient import HubAPIError, HubClient, HubError, HubForbidden
 from .hubmodel import HubDataError, ServerLabelled, Snapshot, User, parse_user
 from .memory import WarnMemory
 from .notify import NotifyReport, WarnChannel, notify
+from .pods import DemandSource
 from .policy import Policy
 from .probing import KernelInspection, ProbeFailure, ProbeStats, decide_with_kernels
+from .rules.demand import DemandData, DemandSpec, WaitingPod, classify, demand_data, pod_facts
 from .usage import UsageInspection, UsageRead
 from .warnrules import PendingStop, WarnDecision
 
@@ -48,6 +51,19 @@ class CullRecord(ServerLabelled):
     removed: bool = False
     error: str | None = None
     idle_from: str = "hub"
+    #: reason demand: the waiting pod this server was stopped for, and what it frees
+    for_pod: str | None = None
+    frees: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DemandSkip(ServerLabelled):
+    """A demand stop not made: the check just before it found things changed."""
+
+    user: str
+    server: str
+    for_pod: str
+    why: str
 
 
 @dataclass(frozen=True)
@@ -87,6 +103,16 @@ class SweepResult:
     pending: list[PendingStop] = field(default_factory=list)
     next_due: datetime | None = None
     notify: NotifyReport = field(default_factory=NotifyReport)
+    #: spec.demand: the pods waiting for room, those no stop of this sweep helps, and the
+    #: demand stops the last check called off
+    waiting: tuple[WaitingPod, ...] = ()
+    unhelped: tuple[WaitingPod, ...] = ()
+    demand_skipped: list[DemandSkip] = field(default_factory=list)
+
+    @property
+    def freed(self) -> list[CullRecord]:
+        """Servers stopped (or that would have been) to make room for waiting pods."""
+        return [c for c in self.culled if c.reason == "demand"]
 
     @property
     def probe_failures(self) -> list[ProbeFailure]:
@@ -205,10 +231,53 @@ async def _stop(client: HubClient, d: ServerDecision, now: datetime) -> CullReco
             d.remove,
             str(exc),
             d.idle_from,
+            d.for_pod,
+            d.frees,
         )
     return CullRecord(
-        d.user, d.server, d.reason, d.idle_seconds, now, False, outcome, d.remove, None, d.idle_from
+        d.user,
+        d.server,
+        d.reason,
+        d.idle_seconds,
+        now,
+        False,
+        outcome,
+        d.remove,
+        None,
+        d.idle_from,
+        d.for_pod,
+        d.frees,
     )
+
+
+async def demand_changed(
+    client: HubClient, d: ServerDecision, demand: DemandSource | None
+) -> str | None:
+    """Why a demand stop must not happen now (``None``: go ahead): the server was active
+    since the listing (the Hub's ``last_activity`` moved), or its waiting pod no longer
+    waits (gone, scheduled, nominated, being deleted). A failed check calls the stop off."""
+    try:
+        model = await client.get_user(d.user)
+        user = parse_user(model) if model is not None else None
+        server = next((s for s in user.servers if s.name == d.server), None) if user else None
+        if server is None or not server.ready or server.pending:
+            return f"{d.label} is no longer running"
+        if server.last_activity != d.seen_activity:
+            return f"{d.label} was active since the listing"
+        if demand is None or d.for_pod is None:
+            return None
+        pod = await demand.read_pod(d.for_pod)
+    except (HubAPIError, HubDataError, SweepError) as exc:
+        return f"the check before stopping {d.label} failed: {exc}"
+    if pod is None:
+        return f"pod {d.for_pod} is gone"
+    facts = pod_facts(pod)
+    if facts.unschedulable_since is None:
+        return f"pod {d.for_pod} no longer waits"
+    wait = classify(facts, _NO_WAIT, facts.unschedulable_since)
+    if wait.state != "waiting":
+        return f"pod {d.for_pod} no longer waits ({wait.why})"
+    return None
 
 
 async def _still_deletable(
@@ -252,10 +321,34 @@ async def _delete_user(
 
 
 async def execute(
-    plan: Plan, policy: Policy, client: HubClient, clock: Clock = utcnow
+    plan: Plan,
+    policy: Policy,
+    client: HubClient,
+    clock: Clock = utcnow,
+    demand: DemandSource | None = None,
+    skipped: list[DemandSkip] | None = None,
 ) -> tuple[list[CullRecord], list[CullRecord], list[UserCullRecord]]:
     """Carry out a plan: all stops and removals concurrently (the client bounds how many are
-    in flight), then user deletions whose servers stopped. A dry run only records."""
+    in flight), then user deletions whose servers stopped. A dry run only records.
+
+    A demand stop is checked again just before it (:func:`demand_changed`); the ones called
+    off are added to ``skipped``."""
+    if not plan.dry_run and any(d.reason == "demand" for d in plan.stops):
+        checks = await asyncio.gather(
+            *(
+                demand_changed(client, d, demand) if d.reason == "demand" else _no_change()
+                for d in plan.stops
+            )
+        )
+        kept = []
+        for d, why in zip(plan.stops, checks, strict=True):
+            if why is None:
+                kept.append(d)
+                continue
+            log.info("not stopping %s for pod %s: %s", d.label, d.for_pod, why)
+            if skipped is not None:
+                skipped.append(DemandSkip(d.user, d.server, d.for_pod or "", why))
+        plan.stops = kept
     now = clock()
     if plan.dry_run:
         culls = [
@@ -269,6 +362,8 @@ async def execute(
                 "dryRun",
                 d.remove,
                 idle_from=d.idle_from,
+                for_pod=d.for_pod,
+                frees=d.frees,
             )
             for d in plan.stops
         ]
@@ -289,6 +384,14 @@ async def execute(
     return culls, removals, [u for u in deleted if u is not None]
 
 
+#: Re-classifying a pod at its own Unschedulable time, with no wait: whether it still waits.
+_NO_WAIT = DemandSpec(min_idle=1.0, after=0.0, scale_up_wait=0.0)
+
+
+async def _no_change() -> None:
+    return None
+
+
 def _warning_lag(t0: float) -> int:
     """Whole seconds from the start of the sweep until now, plus one: the Hub's clock, read
     during the listing, has whole seconds."""
@@ -303,6 +406,7 @@ async def run_sweep(
     warnings: WarnMemory | None = None,
     channel: WarnChannel | None = None,
     usage: UsageInspection | None = None,
+    demand: DemandSource | None = None,
 ) -> SweepResult:
     """List, decide and act once. Raises :class:`~hubcull.engine.errors.SweepError` (and culls
     nothing) when the Hub, the servers' pods or Prometheus cannot be read completely.
@@ -310,7 +414,8 @@ async def run_sweep(
     With ``spec.kernels``, ``kernels`` says how to reach the servers to probe them; with
     ``spec.usage``, ``usage`` how to read what their pods do. With ``spec.warn``,
     ``warnings`` holds the warnings of earlier sweeps (none: every server is warned anew) and
-    ``channel`` where webhook posts go; they are posted after acting."""
+    ``channel`` where webhook posts go; they are posted after acting. With ``spec.demand``,
+    ``demand`` says which pods wait for room (read after the Hub's listing)."""
     started = clock()
     t0 = time.monotonic()
     reading = UsageRead(policy, usage) if policy.usage is not None and usage is not None else None
@@ -322,12 +427,22 @@ async def run_sweep(
         raise
     probes = ProbeStats()
     warned = warnings.recall() if warnings is not None else {}
+    try:
+        needs = await _demand_data(policy, demand, snapshot.now)
+    except BaseException:
+        if reading is not None:
+            await reading.cancel()
+        raise
+    data, demand_due = needs
     signals = await reading.signals(snapshot) if reading is not None else {}
     if policy.kernels is not None and kernels is not None:
-        plan, probes = await decide_with_kernels(policy, snapshot, kernels, warned, signals)
+        plan, probes = await decide_with_kernels(
+            policy, snapshot, kernels, warned, signals, demand=data
+        )
     else:
-        plan = decide(policy, snapshot, signals=signals, warned=warned)
-    culls, removals, user_culls = await execute(plan, policy, client, clock)
+        plan = decide(policy, snapshot, signals=signals, warned=warned, demand=data)
+    skipped: list[DemandSkip] = []
+    culls, removals, user_culls = await execute(plan, policy, client, clock, demand, skipped)
     # warnings reach people after the stops (posts) or after the sweep (events): they count
     # from then, so `before` is never cut short by a long sweep
     shifted = _warning_lag(t0)
@@ -354,6 +469,24 @@ async def run_sweep(
         probes=probes,
         warnings=plan.warnings,
         pending=plan.pending,
-        next_due=plan.next_due,
+        next_due=min((t for t in (plan.next_due, demand_due) if t is not None), default=None),
         notify=report,
+        waiting=plan.waiting,
+        unhelped=plan.unhelped,
+        demand_skipped=skipped,
     )
+
+
+async def _demand_data(
+    policy: Policy, demand: DemandSource | None, hub_now: datetime
+) -> tuple[DemandData | None, datetime | None]:
+    """The waiting pods (``spec.demand``), and when the next pod will wait, on the Hub's
+    clock (the pods' times are on the API server's)."""
+    if policy.demand is None or demand is None:
+        return None, None
+    seen = await demand.observe()
+    data = demand_data(policy.demand, seen.pods, seen.events, seen.now)
+    due = None
+    if data.next_due is not None:
+        due = hub_now + (data.next_due - seen.now)
+    return data, due
