@@ -16,7 +16,9 @@ from typing import Any
 
 import kopf
 
+from ..engine.policy import PolicyError, parse_spec
 from .controller import PolicyController
+from .demand import DemandHub
 from .health import ApiHealth, NoCredentialsError, find_credentials
 from .kubeapi import GROUP, PLURAL, VERSION, KubeAPI
 
@@ -60,6 +62,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     box = memo.setdefault("login", LoginBox())
     if "kube" not in memo:
         memo["kube"] = KubeAPI(lambda: box.info)
+    loops = memo["loops"]
+
+    def wake(namespace: str, name: str) -> None:
+        loop = loops.get((namespace, name))
+        if loop is not None:
+            loop.wake.set()
+
+    memo.setdefault("demand", DemandHub(memo["kube"], wake))
 
 
 @dataclass
@@ -124,12 +134,31 @@ async def sweeper(
     def post(type_: str, reason: str, message: str) -> None:
         kopf.event(body, type=type_, reason=reason, message=message)
 
-    controller = PolicyController(namespace, name, memo["kube"], memo["metrics"], post)
+    def post_on(obj: Any, type_: str, reason: str, message: str) -> None:
+        kopf.event(obj, type=type_, reason=reason, message=message)
+
+    demand: DemandHub = memo["demand"]
+    controller = PolicyController(
+        namespace,
+        name,
+        memo["kube"],
+        memo["metrics"],
+        post,
+        demand_hub=demand,
+        post_object_event=post_on,
+    )
     loop = SweepLoop(meta.get("generation"))
     memo["controllers"][(namespace, name)] = controller
     memo["loops"][(namespace, name)] = loop
     memo["served"].add((namespace, name))
     try:
+        # spec.demand: watch the pods from the start, so that a pod already waiting (after a
+        # restart or failover) wakes this loop instead of waiting for the resumed schedule
+        try:
+            spec = parse_spec(body.get("spec"))
+            demand.register(namespace, name, None if spec.suspend else spec.demand)
+        except PolicyError:
+            pass
         # A (re)started loop keeps the schedule of status.lastSweepTime: a failover or restart
         # does not sweep a policy twice in one interval.
         await loop.pause(stopped, PEERING_SETTLE_SECONDS if memo.get("peering") else 0.0)
@@ -147,6 +176,7 @@ async def sweeper(
     finally:
         memo["controllers"].pop((namespace, name), None)
         memo["loops"].pop((namespace, name), None)
+        demand.unregister(namespace, name)
         await controller.close()
         reason = stopped.reason
         if reason is not None and kopf.DaemonStoppingReason.OPERATOR_PAUSING in reason:
@@ -213,4 +243,6 @@ async def release_policies(memo: kopf.Memo, logger: logging.Logger, **_: Any) ->
 
     # concurrently: an operator serving many policies must stop within its grace period
     await asyncio.gather(*(release(ns, name) for ns, name in sorted(memo.get("served", ()))))
+    if "demand" in memo:
+        await memo["demand"].close()
     await kube.aclose()
