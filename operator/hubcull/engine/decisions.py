@@ -468,7 +468,9 @@ def _demand_stops(
     judged = [Judged(item.server.key, item.idle, item.protection) for item in running]
     victims = {
         v.key: v
-        for v in choose_victims(demand.waiting, demand.holds, judged, policy.demand.min_idle)
+        for v in choose_victims(
+            demand.waiting, demand.holds, judged, policy.demand.min_idle, demand.helped
+        )
     }
     items = {item.server.key: item for item in running}
 
@@ -493,7 +495,7 @@ def _demand_stops(
         if key not in chosen:
             result.append(for_demand(_decision(policy, items[key], "demand"), key))
     _capacity_ends_waiting(plan, set(victims))  # demand stops do not wait for a warning
-    helped = {v.pod for v in victims.values()}
+    helped = {v.pod for v in victims.values()} | demand.helped
     plan.waiting = demand.waiting
     plan.unhelped = tuple(p for p in demand.waiting if p.name not in helped)
     return result

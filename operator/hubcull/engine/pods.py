@@ -45,6 +45,9 @@ class DemandObservation:
     pods: Sequence[Mapping[str, Any]]
     events: Sequence[Mapping[str, Any]]
     now: datetime
+    #: pods a server was stopped for a short while ago: room is on its way (the stop and
+    #: the pod's termination take time), so no second server is stopped for them yet
+    helped: frozenset[str] = frozenset()
 
 
 class DemandSource(Protocol):
@@ -54,6 +57,10 @@ class DemandSource(Protocol):
         """The pods and Events now. Raises :class:`~hubcull.engine.errors.PodsUnavailable`
         (``reason`` Forbidden, naming the verb) when they cannot be read: the sweep then
         decides nothing."""
+        ...
+
+    def freed(self, pods: Sequence[str]) -> None:
+        """Servers were stopped for these pods (see :attr:`DemandObservation.helped`)."""
         ...
 
     async def read_pod(self, name: str) -> Mapping[str, Any] | None:

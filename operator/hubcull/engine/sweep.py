@@ -443,6 +443,8 @@ async def run_sweep(
         plan = decide(policy, snapshot, signals=signals, warned=warned, demand=data)
     skipped: list[DemandSkip] = []
     culls, removals, user_culls = await execute(plan, policy, client, clock, demand, skipped)
+    if demand is not None and not plan.dry_run:
+        demand.freed([c.for_pod for c in culls if c.for_pod and c.error is None])
     # warnings reach people after the stops (posts) or after the sweep (events): they count
     # from then, so `before` is never cut short by a long sweep
     shifted = _warning_lag(t0)
@@ -485,7 +487,7 @@ async def _demand_data(
     if policy.demand is None or demand is None:
         return None, None
     seen = await demand.observe()
-    data = demand_data(policy.demand, seen.pods, seen.events, seen.now)
+    data = demand_data(policy.demand, seen.pods, seen.events, seen.now, seen.helped)
     due = None
     if data.next_due is not None:
         due = hub_now + (data.next_due - seen.now)

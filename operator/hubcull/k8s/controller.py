@@ -99,7 +99,13 @@ class PolicyController:
         if policy.suspend:
             outcome = suspended(self.status, generation, self.clock)
         else:
-            outcome = await self._sweep(policy, generation)
+            if self.demand_hub is not None and policy.demand is not None:
+                self.demand_hub.sweep_starts(self.namespace, self.name)
+            try:
+                outcome = await self._sweep(policy, generation)
+            finally:
+                if self.demand_hub is not None:
+                    self.demand_hub.sweep_ends(self.namespace, self.name)
         await self._finish(outcome, policy)
         return outcome.next_sweep_in(policy.every)
 
@@ -191,7 +197,7 @@ class PolicyController:
             prometheus=prometheus,
             on_query=self.metrics.prometheus_query_counter(self.namespace, self.name),
             demand=(
-                self.demand_hub.source(self.namespace)
+                self.demand_hub.source(self.namespace, self.name)
                 if policy.demand is not None and self.demand_hub is not None
                 else None
             ),

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -42,6 +42,10 @@ SYNC_TIMEOUT_SECONDS = 10.0
 RETRY_SECONDS, MAX_RETRY_SECONDS = 1.0, 30.0
 #: How long an answer of RBAC about ``events create`` is trusted.
 ACCESS_REVIEW_SECONDS = 300.0
+#: After a server was stopped for a pod, no other is stopped for it for this long: the Hub's
+#: stop and the pod's termination (30 s grace by default) take time, and the pod stays
+#: Unschedulable until the scheduler places it in the room made.
+HELPED_SECONDS = 300.0
 #: The autoscaler's Events about pods that the demand rules read.
 SCALE_UP_REASONS = ("TriggeredScaleUp", "NotTriggerScaleUp")
 
@@ -174,6 +178,18 @@ class DemandHub:
         self._timers: dict[tuple[str, str, str], asyncio.TimerHandle] = {}
         self._woken: set[tuple[str, str, str, datetime | None]] = set()
         self._access: dict[str, tuple[float, bool | None]] = {}
+        #: policies in a sweep that has not read the pods yet: that sweep will see a pod
+        #: that starts waiting now, so it needs no wake-up (which would sweep twice)
+        self._unread: set[tuple[str, str]] = set()
+        self._freed: dict[tuple[str, str, str], float] = {}
+
+    def sweep_starts(self, namespace: str, name: str) -> None:
+        """A sweep of the policy begins (it will read the pods)."""
+        self._unread.add((namespace, name))
+
+    def sweep_ends(self, namespace: str, name: str) -> None:
+        """The sweep has ended (if it never read the pods, wake-ups go through again)."""
+        self._unread.discard((namespace, name))
 
     def register(self, namespace: str, name: str, spec: DemandSpec | None) -> None:
         """The policy's current ``spec.demand`` (``None``: it has none, or no longer)."""
@@ -244,6 +260,8 @@ class DemandHub:
             stretch = (namespace, name, pod_name, facts.unschedulable_since)
             if stretch not in self._woken:
                 self._woken.add(stretch)
+                if (namespace, name) in self._unread:
+                    return  # the sweep under way reads the pods after this
                 log.info("pod %s/%s waits for room: waking policy %s", namespace, pod_name, name)
                 self.wake(namespace, name)
         elif wait.state == "later" and wait.due is not None:
@@ -253,9 +271,18 @@ class DemandHub:
                 delay, self._evaluate, namespace, name, spec, pod_name
             )
 
-    def source(self, namespace: str) -> KubeDemandSource:
-        """The engine's view of the namespace's waiting pods."""
-        return KubeDemandSource(self, namespace)
+    def source(self, namespace: str, name: str) -> KubeDemandSource:
+        """The engine's view of the namespace's waiting pods, for one policy's sweep."""
+        return KubeDemandSource(self, namespace, name)
+
+    def helped(self, source: KubeDemandSource) -> frozenset[str]:
+        """Pods a server was stopped for within :data:`HELPED_SECONDS`, for this policy."""
+        now = time.monotonic()
+        for key in [k for k, t in self._freed.items() if now - t >= HELPED_SECONDS]:
+            del self._freed[key]
+        return frozenset(
+            pod for ns, name, pod in self._freed if (ns, name) == (source.namespace, source.policy)
+        )
 
     async def may_post_events(self, namespace: str) -> bool | None:
         """Whether RBAC lets the operator create Events in ``namespace`` (asked at most every
@@ -281,9 +308,10 @@ class KubeDemandSource:
     """:class:`~hubcull.engine.pods.DemandSource` on a namespace's pod watch: the pods from
     the watch's index (no request), the autoscaler's Events (two small lists) per sweep."""
 
-    def __init__(self, hub: DemandHub, namespace: str) -> None:
+    def __init__(self, hub: DemandHub, namespace: str, policy: str) -> None:
         self.hub = hub
         self.namespace = namespace
+        self.policy = policy
 
     async def observe(self) -> DemandObservation:
         """The namespace's singleuser pods and the scale-up Events about pods."""
@@ -315,7 +343,16 @@ class KubeDemandSource:
             events += [e for e in items if e.get("reason") in SCALE_UP_REASONS]
         if await self.hub.may_post_events(self.namespace) is False:
             raise _forbidden(self.namespace, "events create")
-        return DemandObservation(list(watch.pods.values()), events, watch.api_now())
+        self.hub._unread.discard((self.namespace, self.policy))  # from now on, wake it
+        return DemandObservation(
+            list(watch.pods.values()), events, watch.api_now(), self.hub.helped(self)
+        )
+
+    def freed(self, pods: Sequence[str]) -> None:
+        """Remember that servers were stopped for ``pods`` just now."""
+        now = time.monotonic()
+        for pod in pods:
+            self.hub._freed[(self.namespace, self.policy, pod)] = now
 
     async def read_pod(self, name: str) -> Mapping[str, Any] | None:
         """The pod as the API server has it now."""

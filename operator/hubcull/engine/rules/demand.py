@@ -15,7 +15,8 @@ gathers the objects; :func:`~hubcull.engine.decisions.decide` applies the choice
 * A **victim** is a scheduled server pod that requests more than 0 of every lacking resource,
   carries every ``nodeSelector`` entry of the waiting pod, is idle at least ``minIdle`` and
   not protected. Longest-idle first; per waiting pod, as few servers (on one node) as cover
-  its requests of the lacking resources; each server at most once.
+  its requests of the lacking resources; each server at most once. A pod a server was
+  stopped for lately (``helped``) gets no second one while that room is on its way.
 """
 
 from __future__ import annotations
@@ -304,6 +305,8 @@ class DemandData:
     waiting: tuple[WaitingPod, ...] = ()
     holds: Mapping[ServerKey, ServerHold] = field(default_factory=dict)
     next_due: datetime | None = None
+    #: waiting pods room is already being freed for (a server was stopped for them lately)
+    helped: frozenset[str] = frozenset()
 
     @property
     def unfreeable(self) -> tuple[WaitingPod, ...]:
@@ -331,6 +334,7 @@ def demand_data(
     pods: Iterable[Mapping[str, Any]],
     events: Iterable[Mapping[str, Any]],
     now: datetime,
+    helped: frozenset[str] = frozenset(),
 ) -> DemandData:
     """Classify every pod at ``now`` (the API server's clock) with what the autoscaler said
     (``events``), and read what each server's pod holds."""
@@ -349,7 +353,7 @@ def demand_data(
         key: ServerHold(key, f.name, f.node_name, f.requests, f.node_selector, f.scheduled)
         for key, f in _rank_pods(facts).items()
     }
-    return DemandData(tuple(waiting), holds, min(dues, default=None))
+    return DemandData(tuple(waiting), holds, min(dues, default=None), helped)
 
 
 @dataclass(frozen=True)
@@ -412,6 +416,7 @@ def choose_victims(
     holds: Mapping[ServerKey, ServerHold],
     judged: Sequence[Judged],
     min_idle: float,
+    helped: frozenset[str] = frozenset(),
 ) -> list[Victim]:
     """Which servers to stop for which waiting pod (see the module's rules). Waiting pods
     are served in order (longest waiting first, as :func:`demand_data` sorts them); a pod
@@ -425,7 +430,7 @@ def choose_victims(
     used: set[ServerKey] = set()
     victims: list[Victim] = []
     for pod in waiting:
-        if pod.unfreeable:
+        if pod.unfreeable or pod.name in helped:
             continue
         by_node: dict[str | None, list[tuple[Judged, ServerHold]]] = {}
         for item in eligible:
