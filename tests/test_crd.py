@@ -19,7 +19,7 @@ import pytest
 import re2
 import yaml
 
-from hubcull.engine.policy import parse_spec
+from hubcull.engine.rules.policy import parse_spec
 from tests.support import crd as K
 
 API_VERSION = "hubcull.io/v1alpha1"

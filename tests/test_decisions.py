@@ -8,9 +8,9 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hubcull.engine.decisions import decide
-from hubcull.engine.hubmodel import Server, Snapshot, User
-from hubcull.engine.policy import (
+from hubcull.engine.hub.model import Server, Snapshot, User
+from hubcull.engine.rules.decisions import decide
+from hubcull.engine.rules.policy import (
     Capacity,
     Matcher,
     Policy,

@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 
 from ..engine.errors import PodsUnavailable
-from ..engine.pods import DemandObservation
 from ..engine.rules.demand import DemandSpec, classify, pod_facts
+from ..engine.signals.pods import DemandObservation
 from .kubeapi import KubeAPI, KubeError, KubeForbidden, WatchExpired
 from .pods import SERVER_SELECTOR
 

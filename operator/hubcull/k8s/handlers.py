@@ -16,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from ..engine.policy import PolicyError, parse_spec
+from ..engine.rules.policy import PolicyError, parse_spec
 from .controller import PolicyController
 from .demand import DemandHub
 from .health import ApiHealth, NoCredentialsError, find_credentials

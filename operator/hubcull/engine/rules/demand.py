@@ -28,8 +28,8 @@ from datetime import datetime, timedelta, timezone
 from fractions import Fraction
 from typing import Any, Literal
 
-from ..signals import ServerKey
 from .quantities import parse_resources
+from .signals import ServerKey
 
 #: KubeSpawner's label and annotations on singleuser pods, and z2jh's placeholder pods.
 SERVER_COMPONENT = "singleuser-server"

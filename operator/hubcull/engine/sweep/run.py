@@ -1,7 +1,7 @@
-"""One sweep: list a complete snapshot of the Hub, decide, then act concurrently.
+"""One sweep: read the Hub, gather the signals its servers need, decide once, act, report.
 
 Nothing is stopped or deleted unless the whole listing succeeded: a failed or partial read
-raises before :func:`~hubcull.engine.decisions.decide` runs.
+raises before :func:`~hubcull.engine.rules.decisions.decide` runs.
 """
 
 from __future__ import annotations
@@ -10,209 +10,26 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 
-from .decisions import Plan, Protection, ServerDecision, UserDecision, decide
-from .errors import SweepError
-from .hubclient import HubAPIError, HubClient, HubError, HubForbidden
-from .hubmodel import HubDataError, ServerLabelled, Snapshot, User, parse_user
+from ..clock import Clock, utcnow
+from ..errors import SweepError
+from ..hub.client import HubAPIError, HubClient
+from ..hub.model import HubDataError, parse_user
+from ..rules.decisions import Plan, ServerDecision, UserDecision, decide
+from ..rules.demand import DemandData, DemandSpec, classify, demand_data, pod_facts
+from ..rules.needs import running_in_scope
+from ..rules.policy import Policy
+from ..rules.signals import ServerKey, Signals
+from ..signals.pods import DemandSource
+from ..signals.usage import UsageInspection, UsageRead
+from .gather import KernelInspection, read_kernels
 from .memory import WarnMemory
-from .notify import NotifyReport, WarnChannel, notify
-from .pods import DemandSource
-from .policy import Policy
-from .probing import KernelInspection, ProbeFailure, ProbeStats, decide_with_kernels
-from .rules.demand import DemandData, DemandSpec, WaitingPod, classify, demand_data, pod_facts
-from .usage import UsageInspection, UsageRead
-from .warnrules import PendingStop, WarnDecision
+from .notify import WarnChannel, notify
+from .records import CullRecord, DemandSkip, ProbeStats, SweepResult, UserCullRecord
+from .snapshot import take_snapshot
 
 log = logging.getLogger(__name__)
-
-Clock = Callable[[], datetime]
-
-
-def utcnow() -> datetime:
-    """The local clock, in UTC."""
-    return datetime.now(timezone.utc)
-
-
-@dataclass(frozen=True)
-class CullRecord(ServerLabelled):
-    """A server the sweep stopped (or removed), would have in a dry run, or failed to."""
-
-    user: str
-    server: str
-    reason: str
-    idle_seconds: float
-    time: datetime
-    dry_run: bool
-    outcome: str
-    removed: bool = False
-    error: str | None = None
-    idle_from: str = "hub"
-    #: reason demand: the waiting pod this server was stopped for, and what it frees
-    for_pod: str | None = None
-    frees: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class DemandSkip(ServerLabelled):
-    """A demand stop not made: the check just before it found things changed."""
-
-    user: str
-    server: str
-    for_pod: str
-    why: str
-
-
-@dataclass(frozen=True)
-class UserCullRecord:
-    """A user the sweep deleted (or would have, or failed to)."""
-
-    user: str
-    idle_seconds: float
-    time: datetime
-    dry_run: bool
-    outcome: str
-    error: str | None = None
-
-
-@dataclass
-class SweepResult:
-    """What one sweep saw and did: the numbers the status and the CLI report."""
-
-    started: datetime
-    duration: float
-    hub_version: str | None
-    now: datetime
-    clock_source: str
-    dry_run: bool
-    running: int
-    over_limit: int
-    skipped_pending: int
-    held_back: list[ServerDecision] = field(default_factory=list)
-    culls: list[CullRecord] = field(default_factory=list)
-    removals: list[CullRecord] = field(default_factory=list)
-    user_culls: list[UserCullRecord] = field(default_factory=list)
-    protected: list[Protection] = field(default_factory=list)
-    probes: ProbeStats = field(default_factory=ProbeStats)
-    #: spec.warn: warnings given, servers still waiting for theirs, the earliest time one of
-    #: those may be stopped (the Hub's clock), and the webhook posts
-    warnings: list[WarnDecision] = field(default_factory=list)
-    pending: list[PendingStop] = field(default_factory=list)
-    next_due: datetime | None = None
-    notify: NotifyReport = field(default_factory=NotifyReport)
-    #: spec.demand: the pods waiting for room, those no stop of this sweep helps, and the
-    #: demand stops the last check called off
-    waiting: tuple[WaitingPod, ...] = ()
-    unhelped: tuple[WaitingPod, ...] = ()
-    demand_skipped: list[DemandSkip] = field(default_factory=list)
-
-    @property
-    def freed(self) -> list[CullRecord]:
-        """Servers stopped (or that would have been) to make room for waiting pods."""
-        return [c for c in self.culled if c.reason == "demand"]
-
-    @property
-    def probe_failures(self) -> list[ProbeFailure]:
-        """Servers whose probe failed this sweep (the Hub decided for them)."""
-        return self.probes.failures
-
-    @property
-    def culled(self) -> list[CullRecord]:
-        """Running servers stopped (or stopping), or that would have been in a dry run."""
-        return [c for c in self.culls if c.error is None]
-
-    @property
-    def failed(self) -> list[CullRecord | UserCullRecord]:
-        """Every action that failed."""
-        every: list[CullRecord | UserCullRecord] = [*self.culls, *self.removals, *self.user_culls]
-        return [c for c in every if c.error is not None]
-
-    @property
-    def users_culled(self) -> list[UserCullRecord]:
-        """Users deleted, or that would have been in a dry run."""
-        return [u for u in self.user_culls if u.error is None]
-
-
-async def take_snapshot(policy: Policy, client: HubClient, clock: Clock = utcnow) -> Snapshot:
-    """List every user the policy may act on and read the Hub's clock while doing so.
-
-    Running servers come from ``state=ready``; users without running servers (for user
-    culling and for removing stopped named servers) from ``state=inactive``.
-    """
-    client.start_clock()
-    info = await client.info()
-    check_scopes(policy, await client.token_scopes())
-    include_stopped = policy.servers.remove_named
-    models = await client.list_users("ready", include_stopped_servers=include_stopped)
-    if policy.users.cull or policy.servers.remove_named:
-        models += await client.list_users("inactive", include_stopped_servers=include_stopped)
-    try:
-        users = [parse_user(m) for m in models]
-    except HubDataError as exc:
-        raise HubError(f"the Hub sent a user model hubcull cannot read: {exc}") from None
-    check_visibility(policy, models, users)
-    hub_now = client.hub_now
-    now, source = (hub_now, "hub") if hub_now is not None else (clock(), "local")
-    version = info.get("version")
-    return Snapshot.from_users(users, now, str(version) if version else None, source)
-
-
-def required_scopes(policy: Policy) -> list[tuple[str, str]]:
-    """(scope the token must hold, scope to name when it doesn't) for this policy."""
-    needed = [("list:users", "list:users"), ("read:servers", "read:servers")]
-    if not policy.dry_run:
-        needed.append(("delete:servers", "delete:servers"))
-    if policy.needs_groups:
-        needed.append(("read:users:groups", "read:users:groups"))
-    if policy.users.cull:
-        needed.append(("read:users:activity", "read:users:activity"))
-        if not policy.dry_run:
-            needed.append(("delete:users", "admin:users"))
-    if policy.kernels is not None:
-        needed.append(("access:servers", "access:servers"))  # the servers' own APIs
-    return needed
-
-
-def check_scopes(policy: Policy, scopes: list[str] | None) -> None:
-    """Raise :class:`HubForbidden` naming the first scope the policy needs that the token
-    lacks (a filtered scope such as ``delete:servers!group=x`` counts as held)."""
-    if scopes is None:
-        return
-    held = {s.split("!", 1)[0] for s in scopes}
-    for scope, name in required_scopes(policy):
-        if scope not in held:
-            raise HubForbidden(f"the token lacks the scope {name}, which this policy needs", name)
-
-
-def check_visibility(policy: Policy, models: list[dict], users: list[User]) -> None:
-    """Raise :class:`HubForbidden` when the token hides a field the policy depends on.
-
-    Without it a group exclude would silently match nobody and cull protected users.
-    """
-    if not models:
-        return
-    if any("servers" not in m for m in models):
-        raise HubForbidden(
-            "the token cannot read users' servers; grant read:servers", "read:servers"
-        )
-    if policy.needs_groups and any(u.groups is None for u in users):
-        raise HubForbidden(
-            "the policy selects or excludes by group but the token cannot read group "
-            "membership; grant read:users:groups",
-            "read:users:groups",
-        )
-    if (policy.exclude.admins or policy.users.cull) and any(u.admin is None for u in users):
-        raise HubForbidden(
-            "the policy needs to know which users are admins; grant list:users", "list:users"
-        )
-    if policy.users.cull and any(not u.has_activity_field for u in users):
-        raise HubForbidden(
-            "user culling needs users' last activity; grant read:users:activity",
-            "read:users:activity",
-        )
 
 
 async def _stop(client: HubClient, d: ServerDecision, now: datetime) -> CullRecord:
@@ -250,6 +67,10 @@ async def _stop(client: HubClient, d: ServerDecision, now: datetime) -> CullReco
     )
 
 
+#: Re-classifying a pod at its own Unschedulable time, with no wait: whether it still waits.
+_NO_WAIT = DemandSpec(min_idle=1.0, after=0.0, scale_up_wait=0.0)
+
+
 async def demand_changed(
     client: HubClient, d: ServerDecision, demand: DemandSource | None
 ) -> str | None:
@@ -277,6 +98,10 @@ async def demand_changed(
     wait = classify(facts, _NO_WAIT, facts.unschedulable_since)
     if wait.state != "waiting":
         return f"pod {d.for_pod} no longer waits ({wait.why})"
+    return None
+
+
+async def _no_change() -> None:
     return None
 
 
@@ -384,14 +209,6 @@ async def execute(
     return culls, removals, [u for u in deleted if u is not None]
 
 
-#: Re-classifying a pod at its own Unschedulable time, with no wait: whether it still waits.
-_NO_WAIT = DemandSpec(min_idle=1.0, after=0.0, scale_up_wait=0.0)
-
-
-async def _no_change() -> None:
-    return None
-
-
 def _warning_lag(t0: float) -> int:
     """Whole seconds from the start of the sweep until now, plus one: the Hub's clock, read
     during the listing, has whole seconds."""
@@ -406,16 +223,22 @@ async def run_sweep(
     warnings: WarnMemory | None = None,
     channel: WarnChannel | None = None,
     usage: UsageInspection | None = None,
+    where: str = "",
     demand: DemandSource | None = None,
 ) -> SweepResult:
-    """List, decide and act once. Raises :class:`~hubcull.engine.errors.SweepError` (and culls
-    nothing) when the Hub, the servers' pods or Prometheus cannot be read completely.
+    """List, gather, decide and act once. Raises :class:`~hubcull.engine.errors.SweepError`
+    (and culls nothing) when the Hub, the servers' pods or Prometheus cannot be read completely.
 
-    With ``spec.kernels``, ``kernels`` says how to reach the servers to probe them; with
-    ``spec.usage``, ``usage`` how to read what their pods do. With ``spec.warn``,
-    ``warnings`` holds the warnings of earlier sweeps (none: every server is warned anew) and
-    ``channel`` where webhook posts go; they are posted after acting. With ``spec.demand``,
-    ``demand`` says which pods wait for room (read after the Hub's listing)."""
+    The steps, in order: the Hub's snapshot (Prometheus is read meanwhile); the signals the
+    servers need (:mod:`~hubcull.engine.rules.needs` picks which, :mod:`.gather` probes);
+    one :func:`~hubcull.engine.rules.decisions.decide` on all of it; the stops; the warnings.
+
+    With ``spec.kernels``, ``kernels`` says how to reach the servers to probe them (``where``
+    names where their pods are, for messages); with ``spec.usage``, ``usage`` how to read what
+    their pods do. With ``spec.warn``, ``warnings`` holds the warnings of earlier sweeps (none:
+    every server is warned anew) and ``channel`` where webhook posts go; they are posted after
+    acting. With ``spec.demand``, ``demand`` says which pods wait for room (read after the
+    Hub's listing; its failure decides nothing, like a failed listing)."""
     started = clock()
     t0 = time.monotonic()
     reading = UsageRead(policy, usage) if policy.usage is not None and usage is not None else None
@@ -425,22 +248,29 @@ async def run_sweep(
         if reading is not None:
             await reading.cancel()
         raise
-    probes = ProbeStats()
     warned = warnings.recall() if warnings is not None else {}
     try:
-        needs = await _demand_data(policy, demand, snapshot.now)
+        data, demand_due = await _demand_data(policy, demand, snapshot.now)
     except BaseException:
         if reading is not None:
             await reading.cancel()
         raise
-    data, demand_due = needs
-    signals = await reading.signals(snapshot) if reading is not None else {}
+    signals: Signals = {}
+    hold: set[ServerKey] = set()
+    problems: list[tuple[str, str]] = []
+    if reading is not None:
+        found = await reading.signals(snapshot)
+        signals = found.signals
+        if found.empty is not None:
+            hold |= {server.key for server in running_in_scope(policy, snapshot)}
+            problems.append(("UsageEmpty", found.empty))
+    probes = ProbeStats()
     if policy.kernels is not None and kernels is not None:
-        plan, probes = await decide_with_kernels(
-            policy, snapshot, kernels, warned, signals, demand=data
-        )
-    else:
-        plan = decide(policy, snapshot, signals=signals, warned=warned, demand=data)
+        inspected = await read_kernels(policy, snapshot, kernels, warned, signals, where)
+        signals, probes, hold = inspected.signals, inspected.stats, hold | inspected.hold
+        if inspected.problem is not None:
+            problems.append(("ProbesFailing", inspected.problem))
+    plan = decide(policy, snapshot, signals=signals, warned=warned, hold=hold, demand=data)
     skipped: list[DemandSkip] = []
     culls, removals, user_culls = await execute(plan, policy, client, clock, demand, skipped)
     if demand is not None and not plan.dry_run:
@@ -473,6 +303,7 @@ async def run_sweep(
         pending=plan.pending,
         next_due=min((t for t in (plan.next_due, demand_due) if t is not None), default=None),
         notify=report,
+        problems=problems,
         waiting=plan.waiting,
         unhelped=plan.unhelped,
         demand_skipped=skipped,

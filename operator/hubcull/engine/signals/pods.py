@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from .signals import ServerKey
+from ..errors import PodsUnavailable
+from ..hub.model import Server
+from ..rules.policy import Policy
+from ..rules.signals import ServerKey
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,41 @@ class PodSource(Protocol):
         ...
 
 
+class ServerLocator:
+    """Where a server's Jupyter API is: through the proxy, or at its pod (pods are listed
+    once per sweep, and only when a server needs them)."""
+
+    def __init__(self, policy: Policy, pods: PodSource | None) -> None:
+        self._policy = policy
+        self._source = pods
+        self._pods: Mapping[ServerKey, ServerPod] | None = None
+
+    async def pods(self) -> Mapping[ServerKey, ServerPod]:
+        """The servers' pods (listed at the first call). Raises
+        :class:`~hubcull.engine.errors.PodsUnavailable`."""
+        if self._pods is None:
+            if self._source is None:
+                raise PodsUnavailable(
+                    "this policy needs the servers' pods, which only the operator can list"
+                )
+            self._pods = await self._source.server_pods()
+        return self._pods
+
+    async def url(self, server: Server) -> tuple[str | None, str]:
+        """The server's base URL, or ``None`` and why there is none."""
+        if not server.url:
+            return None, "the Hub gave no URL for this server"
+        kernels = self._policy.kernels
+        if kernels is not None and kernels.via == "proxy":
+            return kernels.proxy_url + server.url, ""
+        pod = (await self.pods()).get(server.key)
+        if pod is None:
+            return None, "no pod labelled component=singleuser-server for this server"
+        if pod.address is None:
+            return None, f"pod {pod.name} has no IP address yet"
+        return pod.address + server.url, ""
+
+
 @dataclass(frozen=True)
 class DemandObservation:
     """What the operator knows about pods for ``spec.demand``: the singleuser pods of the
@@ -51,7 +89,8 @@ class DemandObservation:
 
 
 class DemandSource(Protocol):
-    """Where a sweep of a policy with ``spec.demand`` learns which pods wait for room."""
+    """Where a sweep of a policy with ``spec.demand`` learns which pods wait for room (the
+    operator's pod watch; ``hubcull sweep`` has none, so ``spec.demand`` needs the operator)."""
 
     async def observe(self) -> DemandObservation:
         """The pods and Events now. Raises :class:`~hubcull.engine.errors.PodsUnavailable`

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .rules.demand import DemandSpec
+from .demand import DemandSpec
 from .specreader import SecretKeyRef, SpecReader, http_url, secret_ref
 
 __all__ = ["SecretKeyRef"]
@@ -106,6 +106,7 @@ class KernelsSpec:
     via: Literal["pods", "proxy"] = "pods"
     proxy_url: str = ""
     timeout: float = 10.0
+    pod_namespace: str = ""
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,11 @@ class Policy:
         return bool(self.selector.groups or self.exclude.groups)
 
     @property
+    def pod_namespace(self) -> str:
+        """Where the servers' pods are when not in the policy's namespace (``""``: there)."""
+        return self.kernels.pod_namespace if self.kernels is not None else ""
+
+    @property
     def needs_pods(self) -> bool:
         """True when the policy needs the servers' KubeSpawner pods (the operator)."""
         return (
@@ -223,6 +229,7 @@ def _kernels(top: SpecReader) -> KernelsSpec | None:
         via=r.choice("via", ("pods", "proxy")),  # type: ignore[arg-type]
         proxy_url=http_url(r, "proxyURL", "http://proxy-public.jhub.svc", required=False),
         timeout=r.duration("timeout", 10.0, minimum=1.0, maximum=60.0),
+        pod_namespace=r.dns_label("podNamespace"),
     )
     r.finish()
     if not (kernels.protect_busy or kernels.idle_from == "kernels"):
