@@ -79,7 +79,7 @@ async def test_a_waiting_gpu_pod_gets_the_idlest_gpu_server_stopped(
     await gpu_servers(
         kube,
         hub,
-        {"gpu-old": 3 * HOUR, "gpu-young": 300, "cpu-idle": 5 * HOUR},
+        {"gpu-old": 3 * HOUR + 300, "gpu-young": 300, "cpu-idle": 5 * HOUR},
         cpu_only={"cpu-idle"},
     )
     await waiting_pod(kube, "newcomer", since=120, node_selector=GPU_POOL)
@@ -120,7 +120,7 @@ async def test_pods_that_do_not_wait_stop_nothing(kube: Kube, clean_hub: Hub) ->
     ``after``, and a pod no stop can help (a taint) never get a server stopped; the last is
     reported as unfreeable."""
     hub = clean_hub
-    await gpu_servers(kube, hub, {"gpu-old": 3 * HOUR})
+    await gpu_servers(kube, hub, {"gpu-old": 3 * HOUR + 300})
     await waiting_pod(kube, "nominated", since=600, nominated="gpu-2")
     await waiting_pod(
         kube,
@@ -150,7 +150,7 @@ async def test_a_policy_sweeping_every_ten_minutes_frees_room_seconds_after_afte
     """The pod's Unschedulable starts while the operator runs; the stop comes once ``after``
     (5 s) has passed, not before and not at the next sweep."""
     hub = clean_hub
-    await gpu_servers(kube, hub, {"gpu-old": 3 * HOUR})
+    await gpu_servers(kube, hub, {"gpu-old": 3 * HOUR + 300})
     async with hubcull_operator(kube):
         await kube.create(secret(await hub.token(MINIMAL_SCOPES)))
         await kube.create(gpu_policy(hub))
@@ -189,7 +189,7 @@ async def test_safety_limits_hold_back_demand_stops(kube: Kube, clean_hub: Hub) 
 
 async def test_a_dry_run_reports_what_it_would_free(kube: Kube, clean_hub: Hub) -> None:
     hub = clean_hub
-    await gpu_servers(kube, hub, {"gpu-old": 3 * HOUR})
+    await gpu_servers(kube, hub, {"gpu-old": 3 * HOUR + 300})
     await waiting_pod(kube, "newcomer", since=120, message=CPU_MESSAGE, requests={"cpu": "1"})
     # the GPU server requests 500m: it cannot cover a whole core, so ask for half of one
     await kube.patch(
@@ -224,7 +224,7 @@ async def test_a_pod_scheduled_before_the_stop_gets_nothing_stopped(
     """The check just before the stop reads the pod again: the scheduler placed it meanwhile
     (the API server answers that read with the pod bound to a node), so nothing is stopped."""
     hub = clean_hub
-    await gpu_servers(kube, hub, {"gpu-old": 3 * HOUR})
+    await gpu_servers(kube, hub, {"gpu-old": 3 * HOUR + 300})
     pod = await waiting_pod(kube, "newcomer", since=120)
     scheduled = {
         **pod,
@@ -254,7 +254,7 @@ async def test_a_restarted_operator_frees_room_for_a_pod_that_already_waits(
     """The policy swept a minute ago (every 10m): after a restart the loop would resume that
     schedule, but the pod already waiting wakes it at once."""
     hub = clean_hub
-    await gpu_servers(kube, hub, {"gpu-old": 3 * HOUR})
+    await gpu_servers(kube, hub, {"gpu-old": 3 * HOUR + 300})
     await kube.create(secret(await hub.token(MINIMAL_SCOPES)))
     async with hubcull_operator(kube):
         await kube.create(gpu_policy(hub))
@@ -280,7 +280,7 @@ async def test_missing_rbac_names_the_verb_and_stops_nothing(
     kube: Kube, clean_hub: Hub, verb: str, reaction: tuple[str, str]
 ) -> None:
     hub = clean_hub
-    await gpu_servers(kube, hub, {"gpu-old": 3 * HOUR})
+    await gpu_servers(kube, hub, {"gpu-old": 3 * HOUR + 300})
     await waiting_pod(kube, "newcomer", since=120)
     action, resource = reaction
     kube.emulator[action, kube.emulator.resource(resource)] << 403
@@ -301,7 +301,7 @@ async def test_room_on_its_way_is_not_made_twice(kube: Kube, clean_hub: Hub) -> 
     """The pod stays Unschedulable while the stopped server's pod terminates: a sweep soon
     after (here: a spec edit) stops no second server for it."""
     hub = clean_hub
-    await gpu_servers(kube, hub, {"gpu-old": 3 * HOUR, "gpu-older": 4 * HOUR})
+    await gpu_servers(kube, hub, {"gpu-old": 3 * HOUR + 300, "gpu-older": 4 * HOUR + 300})
     await waiting_pod(kube, "newcomer", since=120)
     async with hubcull_operator(kube):
         await kube.create(secret(await hub.token(MINIMAL_SCOPES)))
