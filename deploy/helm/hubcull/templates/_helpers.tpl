@@ -146,6 +146,10 @@ OVERRIDE (a policy's `dryRun: false` beats `policyDefaults.dryRun: true`).
 - {{ . | quote }}
 {{- end }}
 {{- end }}
+{{- if eq .Values.logFormat "json" }}
+- --log-format
+- json
+{{- end }}
 {{- if .Values.metrics.enabled }}
 - --metrics-port
 - {{ .Values.metrics.port | quote }}
@@ -188,12 +192,7 @@ comments in templates/rbac.yaml). Argument: the root context.
   resources: ["events"]
   verbs: ["create"]
 {{- if .Values.inspectServers }}
-# inspectServers (spec.kernels via: pods, spec.usage, spec.demand): list the singleuser pods
-# of a policy's namespace (component=singleuser-server) to find each server's pod IP and
-# port; get reads one pod; spec.demand watches them for pods that cannot be scheduled.
-- apiGroups: [""]
-  resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+{{- include "hubcull.podRules" . }}
 # spec.demand: the cluster autoscaler's TriggeredScaleUp / NotTriggerScaleUp Events about a
 # waiting pod (list); the FreeingRoom Event on it is posted with the events create above.
 - apiGroups: [""]
@@ -322,4 +321,16 @@ spec:
   tolerations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end }}
+
+{{- /*
+The pod rules of inspectServers, in the served namespaces and in podNamespaces.
+*/}}
+{{- define "hubcull.podRules" }}
+# inspectServers (spec.kernels via: pods, spec.usage, spec.demand): list the singleuser pods
+# of a policy's namespace (component=singleuser-server) to find each server's pod IP and
+# port; get reads one pod; spec.demand watches them for pods that cannot be scheduled.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
 {{- end }}
