@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -399,3 +400,16 @@ def test_victims_property(scene) -> None:
                 >= max(pod.requests[r], Fraction(1, 10**9))
                 for r in pod.lacking
             )
+
+
+def test_hubcull_sweep_refuses_spec_demand_with_one_line(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The example is a valid policy, but only the operator can watch pods."""
+    from hubcull.cli import main
+
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "x")
+    example = Path(__file__).parent.parent / "examples" / "demand.yaml"
+    assert main(["sweep", "-f", str(example), "--once"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "spec.demand" in err and "hubcull run" in err, err
