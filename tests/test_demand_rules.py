@@ -413,3 +413,11 @@ def test_hubcull_sweep_refuses_spec_demand_with_one_line(
     assert main(["sweep", "-f", str(example), "--once"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "spec.demand" in err and "hubcull run" in err, err
+
+
+def test_each_waiting_pod_gets_its_own_victims() -> None:
+    holds = {h.key: h for h in [hold("a", gpu=1), hold("b", gpu=1), hold("c", "n2", cpu=1)]}
+    judged = [Judged(("a", ""), 9000), Judged(("b", ""), 8000), Judged(("c", ""), 7000)]
+    pods = [wait("p1", {GPU: 1}, minutes=9), wait("p2", {GPU: 1}), wait("p3", {"cpu": 1})]
+    victims = choose_victims(pods, holds, judged, 60)
+    assert [(v.key[0], v.pod) for v in victims] == [("a", "p1"), ("b", "p2"), ("c", "p3")]

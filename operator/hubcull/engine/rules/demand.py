@@ -396,15 +396,20 @@ def _covers(holds: Sequence[ServerHold], pod: WaitingPod) -> bool:
 
 def _cover(pool: Sequence[tuple[Judged, ServerHold]], pod: WaitingPod) -> list[int] | None:
     """Indexes into ``pool`` (longest-idle first) of as few servers as cover ``pod``: take
-    servers in order until covered, then drop every one not needed, least idle first."""
+    servers in order until covered (running totals), then drop every one not needed, least
+    idle first."""
+    need = {r: pod.requests.get(r, Fraction(0)) for r in pod.lacking}
+    freed = dict.fromkeys(pod.lacking, Fraction(0))
     chosen: list[int] = []
-    for index in range(len(pool)):
+    for index, (_, hold) in enumerate(pool):
         chosen.append(index)
-        if _covers([pool[i][1] for i in chosen], pod):
+        for resource in pod.lacking:
+            freed[resource] += hold.requests.get(resource, Fraction(0))
+        if all(freed[r] > 0 and freed[r] >= need[r] for r in pod.lacking):
             break
     else:
         return None
-    for index in reversed(list(chosen)):
+    for index in reversed(list(chosen) if len(chosen) > 1 else []):
         rest = [i for i in chosen if i != index]
         if rest and _covers([pool[i][1] for i in rest], pod):
             chosen = rest
@@ -427,17 +432,38 @@ def choose_victims(
         if j.idle is not None and j.idle >= min_idle and j.protected is None and j.key in holds
     ]
     eligible.sort(key=lambda item: (-(item[0].idle or 0.0), item[0].key))
+    # what each eligible server frees and where it runs, as sets: the test of :func:`helps`
+    # for thousands of servers and many waiting pods in set operations
+    offers = {
+        j.key: (
+            frozenset(r for r, v in h.requests.items() if v > 0),
+            frozenset(h.node_selector.items()),
+        )
+        for j, h in eligible
+        if h.scheduled
+    }
     used: set[ServerKey] = set()
     victims: list[Victim] = []
     for pod in waiting:
         if pod.unfreeable or pod.name in helped:
             continue
+        lacking, selector = frozenset(pod.lacking), frozenset(pod.node_selector.items())
         by_node: dict[str | None, list[tuple[Judged, ServerHold]]] = {}
         for item in eligible:
-            if item[0].key not in used and helps(item[1], pod):
+            key = item[0].key
+            if key in used or key not in offers:
+                continue
+            positive, carried = offers[key]
+            if lacking <= positive and selector <= carried:
                 by_node.setdefault(item[1].node, []).append(item)
         best: list[tuple[Judged, ServerHold]] | None = None
+        # nodes come in the order of their longest-idle server: once one stop on a node
+        # covers the pod, a node whose longest-idle server is less idle cannot do better
         for pool in by_node.values():
+            if best is not None and len(best) == 1 and (best[0][0].idle or 0.0) >= (
+                pool[0][0].idle or 0.0
+            ):
+                break
             picked = _cover(pool, pod)
             if picked is None:
                 continue
