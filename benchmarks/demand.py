@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -65,6 +66,7 @@ async def reaction(servers: int, pods: int) -> dict[str, Any]:
             fault_proxy(hub.public_url) as proxy,
             kube_server(directory) as kube,
         ):
+            os.environ["KUBECONFIG"] = str(kube.kubeconfig_path)  # kopf's login reads it
             users = {f"gpu{i:03d}": 3 * HOUR + 60 * i for i in range(servers)}
             await populate(hub, {(u, ""): idle for u, idle in users.items()})
             await kube.create_namespace(NS)
