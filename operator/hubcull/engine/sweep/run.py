@@ -264,7 +264,9 @@ async def run_sweep(
             problems.append(("UsageEmpty", found.empty))
     probes = ProbeStats()
     if policy.kernels is not None and kernels is not None:
-        inspected = await read_kernels(policy, snapshot, kernels, warned, signals, where)
+        inspected = await read_kernels(
+            policy, snapshot, kernels, warned, signals, where, demand=data
+        )
         signals, probes, hold = inspected.signals, inspected.stats, hold | inspected.hold
         if inspected.problem is not None:
             problems.append(("ProbesFailing", inspected.problem))
