@@ -36,6 +36,8 @@ FORBIDDEN_ADVICE = (
     "give the operator's ServiceAccount get, list and watch on pods and create and list on "
     "events in this namespace (Helm: --set inspectServers=true)"
 )
+#: How long one watch request lasts (the API server ends it; the watch resumes from there).
+WATCH_SECONDS = 300
 #: How long a sweep waits for a new watch's first listing before it gives up.
 SYNC_TIMEOUT_SECONDS = 10.0
 #: Pause before listing again after a failure (doubling up to the maximum).
@@ -72,6 +74,8 @@ class PodWatch:
         self.watches = 0
         self._offsets: deque[float] = deque(maxlen=20)
         self._task: asyncio.Task[None] | None = None
+        #: how long the API server keeps one watch stream open before it ends it
+        self.watch_seconds = WATCH_SECONDS
 
     def start(self) -> None:
         """Start listing and watching in the background."""
@@ -148,7 +152,10 @@ class PodWatch:
         self.on_change(None)
         while True:
             self.watches += 1
-            async for event in self.kube.watch_pods(self.namespace, SERVER_SELECTOR, version):
+            stream = self.kube.watch_pods(
+                self.namespace, SERVER_SELECTOR, version, self.watch_seconds
+            )
+            async for event in stream:
                 pod = event.get("object") or {}
                 metadata = pod.get("metadata") or {}
                 version = metadata.get("resourceVersion") or version
