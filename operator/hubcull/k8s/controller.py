@@ -78,7 +78,8 @@ class PolicyController:
     post_object_event: PostObjectEvent | None = None
 
     async def close(self) -> None:
-        """Close the Hub client kept between sweeps (when the policy's loop ends)."""
+        """Delete the probe tokens and close the Hub client kept between sweeps (when the
+        policy's loop ends: the policy was deleted, or the operator stops)."""
         if self._hub is not None:
             await self._hub.aclose()
 
