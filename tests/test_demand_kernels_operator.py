@@ -26,8 +26,9 @@ async def test_a_busy_server_is_never_stopped_for_demand(kube: Kube, jupyter_hub
     """ann's server is the idlest by the Hub but runs code: bob's is stopped instead."""
     hub = jupyter_hub
     ann, bob = await asyncio.gather(start_server(hub, "ann"), start_server(hub, "bob"))
-    token = await hub.token([*MINIMAL_SCOPES, "access:servers"])
-    async with JupyterServer(ann.direct_url, token) as ann_api:
+    token = await hub.token([*MINIMAL_SCOPES, "tokens"])
+    driver = await hub.token(["access:servers"], note="test driver")
+    async with JupyterServer(ann.direct_url, driver) as ann_api:
         kernel = await ann_api.start_kernel()
         await ann_api.run_code(kernel["id"], SILENT, wait=False)
         await ann_api.wait_kernel(kernel["id"], "busy")
