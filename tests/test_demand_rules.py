@@ -421,3 +421,16 @@ def test_each_waiting_pod_gets_its_own_victims() -> None:
     pods = [wait("p1", {GPU: 1}, minutes=9), wait("p2", {GPU: 1}), wait("p3", {"cpu": 1})]
     victims = choose_victims(pods, holds, judged, 60)
     assert [(v.key[0], v.pod) for v in victims] == [("a", "p1"), ("b", "p2"), ("c", "p3")]
+
+
+def test_demand_with_pods_in_another_namespace_is_refused() -> None:
+    from hubcull.engine.rules.policy import PolicyError, parse_spec
+
+    hub = {"url": "http://hub/hub/api", "tokenSecretRef": {"name": "h", "key": "k"}}
+    spec = {
+        "hub": hub,
+        "kernels": {"protectBusy": True, "podNamespace": "jhub-users"},
+        "demand": {"minIdle": "15m"},
+    }
+    with pytest.raises(PolicyError, match=r"spec\.demand: watches the singleuser pods"):
+        parse_spec(spec)

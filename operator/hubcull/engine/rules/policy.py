@@ -323,6 +323,13 @@ def _demand(top: SpecReader) -> DemandSpec | None:
 def _check_features(problems: list[str], kwargs: dict[str, Any]) -> None:
     """Rules between spec.kernels, spec.usage, spec.warn and the limits they act on."""
     usage, warn = kwargs["usage"], kwargs["warn"]
+    kernels = kwargs["kernels"]
+    if kwargs["demand"] is not None and kernels is not None and kernels.pod_namespace:
+        problems.append(
+            "spec.demand: watches the singleuser pods of the policy's own namespace; with "
+            "spec.kernels.podNamespace the servers run elsewhere: put the policy in that "
+            "namespace instead"
+        )
     if usage is not None and usage.cull_idle_gpu and not kwargs["idle_timeout"]:
         problems.append(
             "spec.usage.cullIdleGPU: needs idleTimeout: a GPU must stay idle that long before "
