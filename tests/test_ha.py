@@ -47,7 +47,7 @@ HOUR = 3600
 
 
 def run_command(*extra: str) -> list[str]:
-    return [HUBCULL, "-v", "run", "--namespace", NS, *extra]
+    return [HUBCULL, "-vv", "run", "--namespace", NS, *extra]  # -vv: httpx logs each request
 
 
 def sweeps(proxy: FaultProxy, since: int = 0) -> list[Seen]:
@@ -103,12 +103,12 @@ async def test_two_peered_operators_exactly_one_sweeps_and_the_other_takes_over(
             async with operator(200, "b") as b:
                 assert b.process is not None
                 proxy.identify.add(b.process.pid)
-                joined = proxy.mark()
                 await a.wait_for_output("Pausing operations in favour of", timeout=30)
+                joined = proxy.mark()  # from A's pause on, only B sweeps
                 await swept_by(b.process.pid, 2, joined)
                 assert set(sweepers(joined)) == {b.process.pid}
                 # 3. the standby A stops (SIGTERM): it leaves B's policy alone (no finalizer
-                # release: httpx logs every request A makes at -v)
+                # release: httpx logs every request A makes at -vv)
                 await a.stop()
                 assert not re.search(r"(GET|PATCH) \S+/cullpolicies/default ", a.output())
                 policy = await kube.get(CULLPOLICIES, NS, "default")
