@@ -257,9 +257,7 @@ class HubLog:
             log.seek(start)
             return log.read().decode(errors="replace")
 
-    async def requests_since(
-        self, start: int, who: str | None = CULLER_IDENTITY
-    ) -> list[Request]:
+    async def requests_since(self, start: int, who: str | None = CULLER_IDENTITY) -> list[Request]:
         """Requests by ``who`` (``None``: anyone) logged since ``start`` (flushes the log
         first)."""
         await self.flush()

@@ -141,8 +141,10 @@ CRD_WATCH_RULES = {
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
 }
-#: inspectServers: read the singleuser pods (spec.kernels via: pods).
-POD_RULES = {("", "pods", "get"), ("", "pods", "list")}
+#: inspectServers: read and watch the singleuser pods (spec.kernels via: pods, spec.usage,
+#: spec.demand), and list the autoscaler's Events about waiting pods (spec.demand).
+POD_RULES = {("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch")}
+DEMAND_EVENT_RULES = {("", "events", "list")}
 
 
 def _peering_rules(resource: str) -> set[tuple[str, str, str]]:
@@ -349,7 +351,7 @@ def test_rbac_rules_are_exactly_what_the_operator_uses(mode):
     if _is_peering(values):
         expected |= _peering_rules("clusterkopfpeerings" if _is_cluster(values) else "kopfpeerings")
     if _inspects_servers(values):
-        expected |= POD_RULES
+        expected |= POD_RULES | DEMAND_EVENT_RULES
     sa = one(objects, "ServiceAccount")["metadata"]
     if _is_cluster(values):
         assert not find(objects, "Role") and not find(objects, "RoleBinding")
@@ -681,10 +683,11 @@ def test_inspect_servers_grants_pods_in_the_served_namespaces_only():
     roles = find(render(values), "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["a", "b"]
     for role in roles:
-        assert POD_RULES <= _rules(role)
+        assert POD_RULES | DEMAND_EVENT_RULES <= _rules(role)
         assert not {r for r in _rules(role) if r[1] == "pods"} - POD_RULES
     assert POD_RULES <= _rules(one(render(MODES["inspect-servers-all-namespaces"]), "ClusterRole"))
     assert not any(r[1] == "pods" for r in _rules(one(render(), "Role")))
+    assert not DEMAND_EVENT_RULES & _rules(one(render(), "Role"))
 
 
 @pytest.mark.helm

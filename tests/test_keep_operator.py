@@ -157,11 +157,13 @@ async def test_a_user_keeps_a_server_through_the_page_and_it_survives_until_the_
                 assert negative.status_code == 400
                 # perDay 4: three more keeps of exp fit, the next is 429
                 for _ in range(3):
-                    ok = await api(hub, "POST", "api/servers/exp/keep", alice_token,
-                                   json={"hours": 0.5})
+                    ok = await api(
+                        hub, "POST", "api/servers/exp/keep", alice_token, json={"hours": 0.5}
+                    )
                     assert ok.status_code == 200, ok.text
-                too_many = await api(hub, "POST", "api/servers/exp/keep", alice_token,
-                                     json={"hours": 0.5})
+                too_many = await api(
+                    hub, "POST", "api/servers/exp/keep", alice_token, json={"hours": 0.5}
+                )
                 assert too_many.status_code == 429
                 assert "4 keeps allowed per day" in too_many.json()["error"]
 
@@ -221,9 +223,7 @@ async def test_a_keep_made_while_a_sweep_runs_is_not_lost(kube: Kube, tmp_path: 
                     during = await api(hub, "POST", "api/servers/~/keep", bob, json={"hours": 1})
                     answers.append(during.status_code)
 
-                (fault,) = proxy.inject(
-                    Fault("hook", SWEEP_START, hook=keep_meanwhile, times=1)
-                )
+                (fault,) = proxy.inject(Fault("hook", SWEEP_START, hook=keep_meanwhile, times=1))
 
                 async def swept_through_the_keep() -> dict:
                     assert fault.applied == 1 and answers == [200], answers

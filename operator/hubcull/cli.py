@@ -23,6 +23,7 @@ from .engine.sweep.memory import SweepMemory
 from .engine.sweep.notify import WarnChannel
 from .engine.sweep.runner import (
     NEEDS_OPERATOR,
+    NEEDS_OPERATOR_DEMAND,
     SweepOutcome,
     TokenError,
     clean_token,
@@ -92,6 +93,8 @@ def check_proxy_url(url: str) -> str:
 def operator_only(policy: Policy) -> str | None:
     """Why ``hubcull sweep`` cannot sweep ``policy`` (``None``: it can), naming only the
     fields the policy has."""
+    if policy.demand is not None:
+        return NEEDS_OPERATOR_DEMAND
     pods = policy.kernels is not None and policy.kernels.via == "pods"
     uses = (("spec.kernels.via: pods", pods), ("spec.usage", policy.usage is not None))
     fields = [name for name, used in uses if used]

@@ -31,6 +31,7 @@ from ..engine.sweep.runner import (
 from ..engine.sweep.sources import PrometheusAccess, SweepSources
 from ..engine.sweep.status import describe_cull, throttle_message
 from ..engine.sweep.webhook import WebhookURLError, check_url
+from .demand import DemandHub
 from .keepstatus import change_status
 from .kubeapi import KubeAPI, KubeError
 from .metrics import Metrics
@@ -55,6 +56,8 @@ RETRY_WITH_NEW_TOKEN = frozenset({"Unauthorized", "Forbidden"})
 PROM_ADVICE = "create the Secret in the policy's namespace or fix spec.usage.prometheus"
 
 PostEvent = Callable[[str, str, str], None]  # (type, reason, message)
+#: (object, type, reason, message): an Event on another object than the policy (a pod)
+PostObjectEvent = Callable[[Mapping[str, Any], str, str, str], None]
 
 
 @dataclass
@@ -80,6 +83,9 @@ class PolicyController:
 
     #: status fields the service writes too: never written from the controller's copy
     KEEP_FIELDS = ("keeps", "keepsToday")
+    #: spec.demand: the operator's pod watches, and how to post FreeingRoom on a pod
+    demand_hub: DemandHub | None = None
+    post_object_event: PostObjectEvent | None = None
 
     async def close(self) -> None:
         """Delete the probe tokens and close the Hub client kept between sweeps (when the
@@ -95,14 +101,26 @@ class PolicyController:
         try:
             policy = parse_spec(body.get("spec"))
         except PolicyError as exc:
+            if self.demand_hub is not None:
+                self.demand_hub.unregister(self.namespace, self.name)
             await self._finish(failed(self.status, "InvalidSpec", str(exc), generation, self.clock))
             return DEFAULT_EVERY_SECONDS
         if policy.keep is not None or self.status.get("keeps"):
             await self._refresh_keeps(body)
+        if self.demand_hub is not None:
+            self.demand_hub.register(
+                self.namespace, self.name, None if policy.suspend else policy.demand
+            )
         if policy.suspend:
             outcome = suspended(self.status, generation, self.clock)
         else:
-            outcome = await self._sweep(policy, generation)
+            if self.demand_hub is not None and policy.demand is not None:
+                self.demand_hub.sweep_starts(self.namespace, self.name)
+            try:
+                outcome = await self._sweep(policy, generation)
+            finally:
+                if self.demand_hub is not None:
+                    self.demand_hub.sweep_ends(self.namespace, self.name)
         await self._finish(outcome, policy)
         return outcome.next_sweep_in(policy.every)
 
@@ -206,6 +224,11 @@ class PolicyController:
             channel=channel,
             prometheus=prometheus,
             on_query=self.metrics.prometheus_query_counter(self.namespace, self.name),
+            demand=(
+                self.demand_hub.source(self.namespace, self.name)
+                if policy.demand is not None and self.demand_hub is not None
+                else None
+            ),
         )
         outcome = await sweep_policy(policy, sources, previous=self.status, generation=generation)
         return outcome, token_cached or ca_cached
@@ -307,6 +330,7 @@ class PolicyController:
         self.metrics.record_sweep(self.namespace, self.name, result)
         self._warning_events(outcome)
         self._cull_events(outcome)
+        self._demand_events(outcome)
         if result.held_back and policy is not None:
             self.post_event("Warning", "Throttled", throttle_message(result, policy))
 
@@ -375,6 +399,51 @@ class PolicyController:
             self.post_event("Normal", "CullWarning", prefix + warning.text)
         if result.notify.failures:
             log.warning("webhook of %s/%s: %s", self.namespace, self.name, result.notify.summary())
+
+    def _demand_events(self, outcome: SweepOutcome) -> None:
+        """One log line per demand stop (and per stop called off); a Normal ``FreeingRoom``
+        Event on the waiting pod for each real stop, which KubeSpawner shows its user."""
+        result = outcome.result
+        assert result is not None
+        pods = {p.name: p for p in result.waiting}
+        for record in result.freed:
+            verb = "would stop" if result.dry_run else "stopped"
+            log.info(
+                "%s/%s: %s %s to free %s for pod %s",
+                self.namespace,
+                self.name,
+                verb,
+                describe_cull(record),
+                ", ".join(record.frees),
+                record.for_pod,
+            )
+            waiting = pods.get(record.for_pod or "")
+            if result.dry_run or self.post_object_event is None or waiting is None:
+                continue
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": waiting.name,
+                    "namespace": self.namespace,
+                    **({"uid": waiting.uid} if waiting.uid else {}),
+                },
+            }
+            message = (
+                f"stopping an idle server ({record.label}, idle "
+                f"{format_duration(record.idle_seconds)}) to free {', '.join(record.frees)} "
+                "for this server"
+            )
+            self.post_object_event(pod, "Normal", "FreeingRoom", message)
+        for pod in result.unhelped:
+            if pod.unfreeable:
+                log.info(
+                    "%s/%s: pod %s waits but is unfreeable (no stop can help): %s",
+                    self.namespace,
+                    self.name,
+                    pod.name,
+                    pod.message or "no scheduler message",
+                )
 
     def _cull_events(self, outcome: SweepOutcome) -> None:
         result = outcome.result

@@ -16,7 +16,9 @@ from typing import Any
 
 import kopf
 
+from ..engine.rules.policy import PolicyError, parse_spec
 from .controller import PolicyController
+from .demand import DemandHub
 from .health import ApiHealth, NoCredentialsError, find_credentials
 from .kubeapi import GROUP, PLURAL, VERSION, KubeAPI
 from .views import PolicyViews
@@ -61,6 +63,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     box = memo.setdefault("login", LoginBox())
     if "kube" not in memo:
         memo["kube"] = KubeAPI(lambda: box.info)
+    loops = memo["loops"]
+
+    def wake(namespace: str, name: str) -> None:
+        loop = loops.get((namespace, name))
+        if loop is not None:
+            loop.wake.set()
+
+    memo.setdefault("demand", DemandHub(memo["kube"], wake))
     memo.setdefault("views", PolicyViews())
     await _start_service(memo)
 
@@ -144,7 +154,19 @@ async def sweeper(
     def post(type_: str, reason: str, message: str) -> None:
         kopf.event(body, type=type_, reason=reason, message=message)
 
-    controller = PolicyController(namespace, name, memo["kube"], memo["metrics"], post)
+    def post_on(obj: Any, type_: str, reason: str, message: str) -> None:
+        kopf.event(obj, type=type_, reason=reason, message=message)
+
+    demand: DemandHub = memo["demand"]
+    controller = PolicyController(
+        namespace,
+        name,
+        memo["kube"],
+        memo["metrics"],
+        post,
+        demand_hub=demand,
+        post_object_event=post_on,
+    )
     controller.views = memo.get("views")
     controller.keep_url = memo.get("keep_url")
     loop = SweepLoop(meta.get("generation"))
@@ -152,6 +174,13 @@ async def sweeper(
     memo["loops"][(namespace, name)] = loop
     memo["served"].add((namespace, name))
     try:
+        # spec.demand: watch the pods from the start, so that a pod already waiting (after a
+        # restart or failover) wakes this loop instead of waiting for the resumed schedule
+        try:
+            spec = parse_spec(body.get("spec"))
+            demand.register(namespace, name, None if spec.suspend else spec.demand)
+        except PolicyError:
+            pass
         # A (re)started loop keeps the schedule of status.lastSweepTime: a failover or restart
         # does not sweep a policy twice in one interval.
         await loop.pause(stopped, PEERING_SETTLE_SECONDS if memo.get("peering") else 0.0)
@@ -169,6 +198,7 @@ async def sweeper(
     finally:
         memo["controllers"].pop((namespace, name), None)
         memo["loops"].pop((namespace, name), None)
+        demand.unregister(namespace, name)
         await _close(controller)
         reason = stopped.reason
         if reason is not None and kopf.DaemonStoppingReason.OPERATOR_PAUSING in reason:
@@ -253,4 +283,6 @@ async def release_policies(memo: kopf.Memo, logger: logging.Logger, **_: Any) ->
     if service is not None:
         await service.stop()
         memo["service"] = None
+    if "demand" in memo:
+        await memo["demand"].close()
     await kube.aclose()

@@ -6,7 +6,8 @@ looked up again after a 401 so that re-logins and rotated tokens are picked up.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+import json
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -37,6 +38,10 @@ class KubeForbidden(KubeError):
 
 class KubeConflict(KubeError):
     """A write with a ``resourceVersion`` that is no longer the object's (HTTP 409)."""
+
+
+class WatchExpired(KubeError):
+    """A watch's resourceVersion is too old (410 Gone): list again."""
 
 
 class KubeAPI:
@@ -108,6 +113,123 @@ class KubeAPI:
             if not token:
                 return items
             params = {**params, "continue": token}
+
+    async def list_pods_at(
+        self, namespace: str, label_selector: str
+    ) -> tuple[list[dict[str, Any]], str | None, str | None]:
+        """Every pod matching ``label_selector``, the list's ``resourceVersion`` (to watch
+        from) and the response's ``Date`` header. Raises :class:`KubeForbidden` naming
+        ``pods list`` when RBAC refuses."""
+        path = f"/api/v1/namespaces/{quote(namespace)}/pods"
+        items: list[dict[str, Any]] = []
+        params = {"labelSelector": label_selector, "limit": "500"}
+        while True:
+            response = await self._request("GET", path, params=params)
+            if response.status_code == 403:
+                raise KubeForbidden(f"the operator may not list pods in namespace {namespace}")
+            if response.status_code >= 400:
+                raise KubeError(f"listing pods in {namespace} failed ({response.status_code})")
+            body = response.json()
+            items.extend(body.get("items") or [])
+            metadata = body.get("metadata") or {}
+            token = metadata.get("continue")
+            if not token:
+                return items, metadata.get("resourceVersion"), response.headers.get("date")
+            params = {**params, "continue": token}
+
+    async def watch_pods(
+        self,
+        namespace: str,
+        label_selector: str,
+        resource_version: str | None,
+        timeout_seconds: int = 300,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The watch events of pods from ``resource_version`` until the server ends the
+        stream (after ``timeout_seconds``). Raises :class:`KubeForbidden` (``pods watch``),
+        :class:`WatchExpired` (410: list again) or :class:`KubeError`."""
+        path = f"/api/v1/namespaces/{quote(namespace)}/pods"
+        params = {
+            "watch": "true",
+            "labelSelector": label_selector,
+            "timeoutSeconds": str(timeout_seconds),
+            "allowWatchBookmarks": "true",
+        }
+        if resource_version:
+            params["resourceVersion"] = resource_version
+        if self._client is None:
+            self._client = self._new_client()
+        timeout = httpx.Timeout(self._timeout, read=timeout_seconds + self._timeout)
+        async with self._client.stream("GET", path, params=params, timeout=timeout) as response:
+            if response.status_code == 403:
+                raise KubeForbidden(f"the operator may not watch pods in namespace {namespace}")
+            if response.status_code == 410:
+                raise WatchExpired("the pod watch's resourceVersion is too old")
+            if response.status_code == 401:
+                await self.aclose()
+                raise KubeError("the API server refused the credentials (401)")
+            if response.status_code >= 400:
+                raise KubeError(f"watching pods in {namespace} failed ({response.status_code})")
+            async for line in response.aiter_lines():
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if event.get("type") == "ERROR":
+                    code = (event.get("object") or {}).get("code")
+                    if code == 410:
+                        raise WatchExpired("the pod watch's resourceVersion is too old")
+                    raise KubeError(f"the pod watch ended with an error ({code})")
+                yield event
+
+    async def list_events(
+        self, namespace: str, field_selector: str
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Core v1 Events matching ``field_selector`` and the response's ``Date`` header.
+        Raises :class:`KubeForbidden` naming ``events list`` when RBAC refuses."""
+        path = f"/api/v1/namespaces/{quote(namespace)}/events"
+        response = await self._request("GET", path, params={"fieldSelector": field_selector})
+        if response.status_code == 403:
+            raise KubeForbidden(f"the operator may not list events in namespace {namespace}")
+        if response.status_code >= 400:
+            raise KubeError(f"listing events in {namespace} failed ({response.status_code})")
+        return list(response.json().get("items") or []), response.headers.get("date")
+
+    async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One pod (``None`` if it is gone). Raises :class:`KubeForbidden` (``pods get``)."""
+        path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}"
+        response = await self._request("GET", path)
+        if response.status_code == 404:
+            return None
+        if response.status_code == 403:
+            raise KubeForbidden(f"the operator may not get pods in namespace {namespace}")
+        if response.status_code >= 400:
+            raise KubeError(f"reading pod {namespace}/{name} failed ({response.status_code})")
+        body = response.json()
+        return body if isinstance(body, dict) else None
+
+    async def may(self, namespace: str, verb: str, resource: str) -> bool | None:
+        """Whether RBAC lets the operator ``verb`` core ``resource`` in ``namespace``, by a
+        SelfSubjectAccessReview (``None``: unknown, the review itself failed)."""
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {
+                "resourceAttributes": {
+                    "namespace": namespace,
+                    "verb": verb,
+                    "group": "",
+                    "resource": resource,
+                }
+            },
+        }
+        path = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+        try:
+            response = await self._request("POST", path, json=review)
+            if response.status_code >= 300:
+                return None
+            allowed = (response.json().get("status") or {}).get("allowed")
+        except (httpx.HTTPError, ValueError):
+            return None
+        return allowed if isinstance(allowed, bool) else None
 
     def _policy_path(self, namespace: str, name: str) -> str:
         return f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{PLURAL}/{quote(name)}"

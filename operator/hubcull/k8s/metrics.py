@@ -21,6 +21,7 @@ class Metrics:
             (*labels, "reason"),
             registry=self.registry,
         )
+        self._demand_policies: set[tuple[str, str]] = set()
         self.users_culled = Counter(
             "hubcull_users_culled",
             "Users deleted by a policy (dry runs not counted)",
@@ -86,6 +87,23 @@ class Metrics:
             (*labels, "result"),
             registry=self.registry,
         )
+        self._demand_metrics(labels)
+
+    def _demand_metrics(self, labels: tuple[str, ...]) -> None:
+        self.servers_waiting = Gauge(
+            "hubcull_servers_waiting",
+            "Pods waiting for room (spec.demand) at the last sweep, helpable or not",
+            labels,
+            registry=self.registry,
+        )
+        self.demand_seconds = Histogram(
+            "hubcull_demand_seconds",
+            "spec.demand: seconds from a pod's Unschedulable to the stop request of a server "
+            "stopped to make room for it",
+            labels,
+            buckets=(5, 10, 15, 30, 45, 60, 90, 120, 180, 300, 600, 1800),
+            registry=self.registry,
+        )
 
         self.keeps = Counter(
             "hubcull_keeps",
@@ -125,8 +143,16 @@ class Metrics:
             self.probes.labels(namespace, policy, outcome).inc(count)
         for outcome, count in result.notify.results.items():
             self.warnings.labels(namespace, policy, outcome).inc(count)
+        if result.waiting or (namespace, policy) in self._demand_policies:
+            self._demand_policies.add((namespace, policy))
+            self.servers_waiting.labels(namespace, policy).set(len(result.waiting))
         if result.dry_run:
             return
+        since = {p.name: p.since for p in result.waiting}
+        for record in result.freed:
+            if record.for_pod in since:
+                waited = (record.time - since[record.for_pod]).total_seconds()
+                self.demand_seconds.labels(namespace, policy).observe(max(waited, 0.0))
         for cull in result.culled:
             self.servers_culled.labels(namespace, policy, cull.reason).inc()
         if result.users_culled:
@@ -138,7 +164,13 @@ class Metrics:
 
     def forget(self, namespace: str, policy: str) -> None:
         """Drop a deleted policy's gauges so they don't report stale numbers."""
-        for gauge in (self.servers_running, self.servers_idle, self.servers_protected):
+        self._demand_policies.discard((namespace, policy))
+        for gauge in (
+            self.servers_running,
+            self.servers_idle,
+            self.servers_protected,
+            self.servers_waiting,
+        ):
             try:
                 gauge.remove(namespace, policy)
             except KeyError:

@@ -232,8 +232,9 @@ class KeepService:
         if not next_url.startswith(self.config.prefix):
             next_url = self.config.prefix
         response = web.HTTPFound(next_url)
-        self._set_cookie(response, request, SESSION_COOKIE, self.oauth.session(token),
-                         SESSION_SECONDS)
+        self._set_cookie(
+            response, request, SESSION_COOKIE, self.oauth.session(token), SESSION_SECONDS
+        )
         response.del_cookie(STATE_COOKIE, path=self.config.prefix)
         return response
 
@@ -278,8 +279,10 @@ class KeepService:
             if view is None:
                 notice = None
             elif view.kept_until is not None:
-                notice = f"{server_title(view.server).capitalize()} is kept until " \
+                notice = (
+                    f"{server_title(view.server).capitalize()} is kept until "
                     f"{iso(view.kept_until)}."
+                )
             else:
                 notice = f"{server_title(view.server).capitalize()} is no longer kept."
         html = render_page(
@@ -304,9 +307,7 @@ class KeepService:
             return self._json(503, {"error": f"The Hub cannot be reached: {exc}."})
         except KubeError:
             return self._json(503, {"error": "The policies cannot be read now."})
-        return self._json(
-            200, {"user": identity.name, "servers": [s.to_json() for s in servers]}
-        )
+        return self._json(200, {"user": identity.name, "servers": [s.to_json() for s in servers]})
 
     async def api_keep(self, request: web.Request) -> web.StreamResponse:
         """``POST /api/servers/{server}/keep`` with ``{"until": ...}`` or ``{"hours": n}``."""
@@ -376,7 +377,8 @@ class KeepService:
             return 404, "You have no running server of that name.", None
         label = server_label(identity.name, view.server)
         keeping = [
-            p for p in policies
+            p
+            for p in policies
             if p.policy.keep is not None
             and any(g.namespace == p.namespace and g.name == p.name for g in view.policies)
         ]
@@ -432,8 +434,7 @@ class KeepService:
             keeps = keeps_from_status(status.get("keeps"))
             fields: dict[str, Any] = {}
             if until is not None:
-                check_keep(until, now, policy.keep.max, policy.keep.per_day,
-                           counts.made(user, now))
+                check_keep(until, now, policy.keep.max, policy.keep.per_day, counts.made(user, now))
                 fields["keepsToday"] = counts.add(user, now).to_status()
             fields["keeps"] = keeps_to_status(
                 set_keep(keeps, user, view.server, until, started=view.started, made=now)

@@ -73,7 +73,8 @@ class ServiceConfig:
         token = env.get("JUPYTERHUB_API_TOKEN", "").strip()
         if not api_url or not token:
             missing = [
-                n for n, v in (("JUPYTERHUB_API_URL", api_url), ("JUPYTERHUB_API_TOKEN", token))
+                n
+                for n, v in (("JUPYTERHUB_API_URL", api_url), ("JUPYTERHUB_API_TOKEN", token))
                 if not v
             ]
             raise ServiceConfigError(

@@ -49,9 +49,13 @@ def _policy_row(g: Governing) -> str:
     warned = "No"
     if g.warned_stop_after is not None:
         warned = f"Yes: not stopped before {_time(g.warned_stop_after)}"
-    keeps = "cannot keep (no spec.keep)" if g.keep_max is None else (
-        f"up to {e(format_duration(g.keep_max))}"
-        + (f", {g.keeps_used_today} of {g.keep_per_day} today" if g.keep_per_day else "")
+    keeps = (
+        "cannot keep (no spec.keep)"
+        if g.keep_max is None
+        else (
+            f"up to {e(format_duration(g.keep_max))}"
+            + (f", {g.keeps_used_today} of {g.keep_per_day} today" if g.keep_per_day else "")
+        )
     )
     return (
         "<tr>"
@@ -161,7 +165,7 @@ def render_page(
         "</head><body>"
         '<header class="top"><p class="brand">hubcull</p>'
         '<nav aria-label="Account">'
-        f'<span>Signed in as <strong>{e(user)}</strong></span> '
+        f"<span>Signed in as <strong>{e(user)}</strong></span> "
         f'<a href="{e(hub_home)}">Back to the Hub</a> '
         f'<form class="inline" method="post" action="{e(prefix)}logout">'
         f'<input type="hidden" name="_xsrf" value="{e(csrf)}">'

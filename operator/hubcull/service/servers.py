@@ -190,9 +190,11 @@ def _governing(
     key = (user, server.name)
     kept_until = None
     for keep in keeps_from_status(obj.status.get("keeps")):
-        started_ok = keep.started is None or server.started is None or abs(
-            (keep.started - server.started).total_seconds()
-        ) < 1.0
+        started_ok = (
+            keep.started is None
+            or server.started is None
+            or abs((keep.started - server.started).total_seconds()) < 1.0
+        )
         if keep.key == key and keep.until > now and started_ok:
             kept_until = keep.until
     view = views.get(obj.namespace, obj.name)

@@ -196,6 +196,11 @@ comments in templates/rbac.yaml). Argument: the root context.
   verbs: ["create"]
 {{- if .Values.inspectServers }}
 {{- include "hubcull.podRules" . }}
+# spec.demand: the cluster autoscaler's TriggeredScaleUp / NotTriggerScaleUp Events about a
+# waiting pod (list); the FreeingRoom Event on it is posted with the events create above.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["list"]
 {{- end }}
 {{- if .Values.watch.allNamespaces }}
 # Cluster mode only: kopf (unless run with settings.scanning.disabled) watches CRDs to notice
@@ -350,9 +355,10 @@ spec:
 The pod rules of inspectServers, in the served namespaces and in podNamespaces.
 */}}
 {{- define "hubcull.podRules" }}
-# inspectServers (spec.kernels via: pods): list the singleuser pods of a policy's namespace
-# (component=singleuser-server) to find each server's pod IP and port; get reads one pod.
+# inspectServers (spec.kernels via: pods, spec.usage, spec.demand): list the singleuser pods
+# of a policy's namespace (component=singleuser-server) to find each server's pod IP and
+# port; get reads one pod; spec.demand watches them for pods that cannot be scheduled.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list"]
+  verbs: ["get", "list", "watch"]
 {{- end }}

@@ -16,6 +16,8 @@ from typing import Literal
 
 from ..durations import format_duration
 from ..hub.model import Server, ServerLabelled, Snapshot, User
+from .demand import DemandData, WaitingPod, choose_victims
+from .demand import Judged as Demandable
 from .keeps import keep_protection
 from .policy import Policy
 from .selection import server_in_scope, user_in_scope_for_deletion
@@ -23,7 +25,7 @@ from .signals import ServerKey, ServerSignals, Signals
 from .usage import gpu_idle, usage_protection
 from .warn import PendingStop, WarnDecision, Warned, needs_warning, verdict
 
-Reason = Literal["idle", "maxAge", "capacity", "idleGPU"]
+Reason = Literal["idle", "maxAge", "capacity", "idleGPU", "demand"]
 IdleSource = Literal["hub", "kernels"]
 
 
@@ -39,6 +41,11 @@ class ServerDecision(ServerLabelled):
     remove: bool = False
     already_stopped: bool = False
     idle_from: IdleSource = "hub"
+    #: reason demand: the waiting pod it is stopped for, what it frees, and the Hub's
+    #: last_activity of the server at the listing (checked again just before the stop)
+    for_pod: str | None = None
+    frees: tuple[str, ...] = ()
+    seen_activity: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,9 @@ class Plan:
     warned: dict[ServerKey, Warned] = field(default_factory=dict)
     #: every running server in scope, as judged
     judged: list[Judged] = field(default_factory=list)
+    #: spec.demand: the pods waiting for room, and those of them no stop of this sweep helps
+    waiting: tuple[WaitingPod, ...] = ()
+    unhelped: tuple[WaitingPod, ...] = ()
 
     @property
     def over_limit(self) -> int:
@@ -285,6 +295,7 @@ def decide(
     warned: Mapping[ServerKey, Warned] | None = None,
     hold: Collection[ServerKey] = (),
     keeps: Mapping[ServerKey, datetime] | None = None,
+    demand: DemandData | None = None,
 ) -> Plan:
     """Decide what one sweep does with ``snapshot``, judged at ``now`` (the Hub's clock).
 
@@ -303,11 +314,16 @@ def decide(
 
     Servers in ``hold`` are those a signal should have judged but could not (a systemic probe
     failure, a usage query without series): they are not stopped, warned or picked for
-    idleness or capacity this sweep; ``maxAge`` still applies.
+    idleness, capacity or demand this sweep; ``maxAge`` still applies.
 
     ``keeps`` (``spec.keep``) maps servers their users keep to when the keep ends: until
-    then such a server is protected (``kept until ...``) from idleness, ``idleGPU`` and
-    capacity (and any stop that honours protection), never from ``maxAge``.
+    then such a server is protected (``kept until ...``) from idleness, ``idleGPU``,
+    capacity and demand, never from ``maxAge``.
+
+    With ``spec.demand``, ``demand`` holds the pods waiting for room and what each server's
+    pod holds: the servers :func:`~hubcull.engine.rules.demand.choose_victims` picks (idle
+    at least ``minIdle``, not protected, not held) are stopped with reason ``demand`` (a
+    candidate for another reason becomes a demand stop) without waiting for a warning.
     """
     now = now or snapshot.now
     signals = signals or {}
@@ -323,9 +339,7 @@ def decide(
             if server.pending:
                 plan.skipped_pending += 1
             elif server.ready:
-                item = _judge(
-                    policy, server, signals.get(server.key), now, keeps.get(server.key)
-                )
+                item = _judge(policy, server, signals.get(server.key), now, keeps.get(server.key))
                 if server.key in hold:
                     item = replace(item, held=True)
                 running.append(item)
@@ -366,6 +380,8 @@ def decide(
     picked = _capacity_pick(policy, not_chosen, protect=True)
     candidates += [_decision(policy, item, "capacity") for item in picked]
     _capacity_ends_waiting(plan, {item.server.key for item in picked})
+    if policy.demand is not None and demand is not None:
+        candidates = _demand_stops(policy, plan, running, candidates, demand)
     for item in _capacity_pick(policy, not_chosen, protect=False):
         if item.protection:
             protected[item.server.key] = item.protection
@@ -493,6 +509,54 @@ def _warn_first(
     plan.warnings.sort(key=lambda w: (w.user, w.server))
     plan.pending.sort(key=lambda w: (w.user, w.server))
     return stops
+
+
+def _demand_stops(
+    policy: Policy,
+    plan: Plan,
+    running: list[_Running],
+    candidates: list[ServerDecision],
+    demand: DemandData,
+) -> list[ServerDecision]:
+    """Add the servers to stop for waiting pods (reason ``demand``) to ``candidates``."""
+    assert policy.demand is not None
+    judged = [
+        Demandable(item.server.key, item.idle, item.protection or ("held" if item.held else None))
+        for item in running
+    ]
+    victims = {
+        v.key: v
+        for v in choose_victims(
+            demand.waiting, demand.holds, judged, policy.demand.min_idle, demand.helped
+        )
+    }
+    items = {item.server.key: item for item in running}
+
+    def for_demand(decision: ServerDecision, key: ServerKey) -> ServerDecision:
+        victim = victims[key]
+        return replace(
+            decision,
+            reason="demand",
+            idle_seconds=items[key].idle or 0.0,
+            idle_from=items[key].idle_from,
+            for_pod=victim.pod,
+            frees=victim.frees,
+            seen_activity=items[key].server.last_activity,
+        )
+
+    result = []
+    for decision in candidates:
+        key = (decision.user, decision.server)
+        result.append(for_demand(decision, key) if key in victims else decision)
+    chosen = {(d.user, d.server) for d in candidates}
+    for key in victims:
+        if key not in chosen:
+            result.append(for_demand(_decision(policy, items[key], "demand"), key))
+    _capacity_ends_waiting(plan, set(victims))  # demand stops do not wait for a warning
+    helped = {v.pod for v in victims.values()} | demand.helped
+    plan.waiting = demand.waiting
+    plan.unhelped = tuple(p for p in demand.waiting if p.name not in helped)
+    return result
 
 
 def _capacity_ends_waiting(plan: Plan, picked: set[ServerKey]) -> None:

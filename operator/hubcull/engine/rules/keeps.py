@@ -152,8 +152,10 @@ def requested_until(body: object, now: datetime) -> datetime | None:
                 hours = float(hours)
             except ValueError:
                 raise KeepRefused(f"hours must be a number, not {body['hours']!r}.") from None
-        if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not math.isfinite(
-            hours
+        if (
+            isinstance(hours, bool)
+            or not isinstance(hours, (int, float))
+            or not math.isfinite(hours)
         ):
             raise KeepRefused(f"hours must be a number, not {body['hours']!r}.")
         if hours < 0:

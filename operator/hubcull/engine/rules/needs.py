@@ -7,8 +7,9 @@ decision can depend on their kernels are probed:
   those whose kernels were active so recently that they cannot be idle yet; with
   ``spec.warn``, ``warn.before`` earlier, so that a warning is given by the kernels' idle
   time too;
-* with ``protectBusy``, the servers the decision would stop (or warn) for idleness or
-  capacity; when a busy one is kept, capacity picks another server, which is probed in turn.
+* with ``protectBusy``, the servers the decision would stop (or warn) for idleness,
+  capacity or demand; when a busy one is kept, capacity (or demand) picks another server,
+  which is probed in turn.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datetime import datetime
 
 from ..hub.model import Server, Snapshot
 from .decisions import Plan, decide
+from .demand import DemandData
 from .policy import Policy
 from .selection import server_in_scope
 from .signals import KernelActivity, ServerKey, Signals
@@ -75,13 +77,15 @@ def next_probes(
     signals: Signals,
     warned: Mapping[ServerKey, Warned],
     tried: Collection[ServerKey],
+    demand: DemandData | None = None,
 ) -> list[Server]:
     """With ``protectBusy``: the servers that a decision on what is known so far would stop,
-    warn or keep waiting for idleness or capacity, and that were not probed yet (empty once
-    every such server has been)."""
+    warn or keep waiting for idleness, capacity or demand, and that were not probed yet
+    (empty once every such server has been): a busy victim of demand is kept, and another
+    server is picked and probed in turn."""
     kernels = policy.kernels
     if kernels is None or not kernels.protect_busy:
         return []
-    plan = decide(policy, snapshot, signals=signals, warned=warned)
+    plan = decide(policy, snapshot, signals=signals, warned=warned, demand=demand)
     running = {server.key: server for server in running_in_scope(policy, snapshot)}
     return [running[key] for key in idle_or_capacity(plan) if key in running and key not in tried]

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .demand import DemandSpec
 from .specreader import SecretKeyRef, SpecReader, http_url, secret_ref
 
 __all__ = ["SecretKeyRef"]
@@ -19,6 +20,8 @@ DEFAULT_EVERY_SECONDS = 600.0
 MAX_CONCURRENCY = 100
 MAX_PAGE_SIZE = 1000
 MIN_USAGE_WINDOW_SECONDS = 60.0
+#: spec.demand.after: how long a pod must be Unschedulable before room is freed for it.
+DEMAND_AFTER_RANGE = (5.0, 600.0)
 
 #: The contract's default PromQL templates ({namespace} and {window} are substituted).
 DEFAULT_CPU_QUERY = (
@@ -168,6 +171,7 @@ class Policy:
     usage: UsageSpec | None = None
     warn: WarnSpec | None = None
     keep: KeepSpec | None = None
+    demand: DemandSpec | None = None
 
     @property
     def needs_groups(self) -> bool:
@@ -182,7 +186,11 @@ class Policy:
     @property
     def needs_pods(self) -> bool:
         """True when the policy needs the servers' KubeSpawner pods (the operator)."""
-        return self.usage is not None or (self.kernels is not None and self.kernels.via == "pods")
+        return (
+            self.usage is not None
+            or self.demand is not None
+            or (self.kernels is not None and self.kernels.via == "pods")
+        )
 
 
 def _matcher(reader: SpecReader, with_admins: bool) -> Matcher:
@@ -315,9 +323,38 @@ def _keep(top: SpecReader) -> KeepSpec | None:
     return keep
 
 
+def _demand(top: SpecReader) -> DemandSpec | None:
+    if not top.present("demand"):
+        top.seen.add("demand")
+        return None
+    r = top.child("demand")
+    if not r.present("minIdle"):
+        r.problems.append(
+            "spec.demand.minIdle: is required (only servers idle this long are stopped for demand)"
+        )
+    min_idle = r.duration("minIdle", 0.0)
+    if r.present("minIdle") and min_idle <= 0:
+        r.problems.append("spec.demand.minIdle: must be more than 0")
+    low, high = DEMAND_AFTER_RANGE
+    demand = DemandSpec(
+        min_idle=min_idle,
+        after=r.duration("after", 30.0, minimum=low, maximum=high),
+        scale_up_wait=r.duration("scaleUpWait", 240.0),
+    )
+    r.finish()
+    return demand
+
+
 def _check_features(problems: list[str], kwargs: dict[str, Any]) -> None:
     """Rules between spec.kernels, spec.usage, spec.warn and the limits they act on."""
     usage, warn = kwargs["usage"], kwargs["warn"]
+    kernels = kwargs["kernels"]
+    if kwargs["demand"] is not None and kernels is not None and kernels.pod_namespace:
+        problems.append(
+            "spec.demand: watches the singleuser pods of the policy's own namespace; with "
+            "spec.kernels.podNamespace the servers run elsewhere: put the policy in that "
+            "namespace instead"
+        )
     if usage is not None and usage.cull_idle_gpu and not kwargs["idle_timeout"]:
         problems.append(
             "spec.usage.cullIdleGPU: needs idleTimeout: a GPU must stay idle that long before "
@@ -395,6 +432,7 @@ def parse_spec(spec: Mapping[str, Any] | None) -> Policy:
         usage=_usage(top),
         warn=_warn(top),
         keep=_keep(top),
+        demand=_demand(top),
     )
     top.finish()
     _check_cross_field(problems, servers, users, policy_kwargs, capacity)

@@ -7,9 +7,10 @@ so policies that need pods (``spec.kernels.via: pods``, ``spec.usage``) need the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import datetime
+from typing import Any, Protocol
 
 from ..errors import PodsUnavailable
 from ..hub.model import Server
@@ -71,3 +72,37 @@ class ServerLocator:
         if pod.address is None:
             return None, f"pod {pod.name} has no IP address yet"
         return pod.address + server.url, ""
+
+
+@dataclass(frozen=True)
+class DemandObservation:
+    """What the operator knows about pods for ``spec.demand``: the singleuser pods of the
+    policy's namespace, the cluster autoscaler's Events about pods, and the API server's
+    clock (pods' condition times are on it)."""
+
+    pods: Sequence[Mapping[str, Any]]
+    events: Sequence[Mapping[str, Any]]
+    now: datetime
+    #: pods a server was stopped for a short while ago: room is on its way (the stop and
+    #: the pod's termination take time), so no second server is stopped for them yet
+    helped: frozenset[str] = frozenset()
+
+
+class DemandSource(Protocol):
+    """Where a sweep of a policy with ``spec.demand`` learns which pods wait for room (the
+    operator's pod watch; ``hubcull sweep`` has none, so ``spec.demand`` needs the operator)."""
+
+    async def observe(self) -> DemandObservation:
+        """The pods and Events now. Raises :class:`~hubcull.engine.errors.PodsUnavailable`
+        (``reason`` Forbidden, naming the verb) when they cannot be read: the sweep then
+        decides nothing."""
+        ...
+
+    def freed(self, pods: Sequence[str]) -> None:
+        """Servers were stopped for these pods (see :attr:`DemandObservation.helped`)."""
+        ...
+
+    async def read_pod(self, name: str) -> Mapping[str, Any] | None:
+        """One pod as the API server has it now (``None``: gone), for the check just before
+        a stop that the pod still waits. Raises :class:`~hubcull.engine.errors.SweepError`."""
+        ...

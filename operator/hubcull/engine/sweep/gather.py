@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from ..hub.model import Server, Snapshot
 from ..rules import needs
+from ..rules.demand import DemandData
 from ..rules.policy import Policy
 from ..rules.signals import KernelActivity, ServerKey, ServerSignals, Signals
 from ..rules.warn import Warned
@@ -82,6 +83,7 @@ async def read_kernels(
     warned: Mapping[ServerKey, Warned],
     known: Signals,
     where: str,
+    demand: DemandData | None = None,
 ) -> KernelReading:
     """Probe the servers whose decision depends on their kernels (``where`` names where their
     pods were looked for, for the message of a systemic failure).
@@ -128,7 +130,7 @@ async def read_kernels(
             note(key, activity)
         await probe(needs.first_probes(policy, snapshot, remembered))
     for _ in range(MAX_PROBE_ROUNDS):
-        due = needs.next_probes(policy, snapshot, reading.signals, warned, reading.needed)
+        due = needs.next_probes(policy, snapshot, reading.signals, warned, reading.needed, demand)
         if not due:
             break
         await probe(due)
@@ -160,4 +162,3 @@ def systemic_failure(reading: KernelReading, where: str) -> str | None:
     else:
         what = f"every probe of this sweep failed ({tried} servers, {where})"
     return f"{what}; first error: {first.label}: {first.detail}"
-

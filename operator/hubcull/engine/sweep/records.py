@@ -8,6 +8,7 @@ from datetime import datetime
 
 from ..hub.model import Server, ServerLabelled
 from ..rules.decisions import Judged, Protection, ServerDecision
+from ..rules.demand import WaitingPod
 from ..rules.keeps import Keep
 from ..rules.signals import ServerKey
 from ..rules.warn import PendingStop, WarnDecision, Warned
@@ -90,6 +91,19 @@ class CullRecord(ServerLabelled):
     removed: bool = False
     error: str | None = None
     idle_from: str = "hub"
+    #: reason demand: the waiting pod this server was stopped for, and what it frees
+    for_pod: str | None = None
+    frees: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DemandSkip(ServerLabelled):
+    """A demand stop not made: the check just before it found things changed."""
+
+    user: str
+    server: str
+    for_pod: str
+    why: str
 
 
 @dataclass(frozen=True)
@@ -138,6 +152,16 @@ class SweepResult:
     keeps: list[Keep] = field(default_factory=list)
     judged: list[Judged] = field(default_factory=list)
     warned: dict[ServerKey, Warned] = field(default_factory=dict)
+    #: spec.demand: the pods waiting for room, those no stop of this sweep helps, and the
+    #: demand stops the last check called off
+    waiting: tuple[WaitingPod, ...] = ()
+    unhelped: tuple[WaitingPod, ...] = ()
+    demand_skipped: list[DemandSkip] = field(default_factory=list)
+
+    @property
+    def freed(self) -> list[CullRecord]:
+        """Servers stopped (or that would have been) to make room for waiting pods."""
+        return [c for c in self.culled if c.reason == "demand"]
 
     @property
     def probe_failures(self) -> list[ProbeFailure]:

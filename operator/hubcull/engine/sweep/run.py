@@ -13,18 +13,21 @@ import time
 from datetime import datetime
 
 from ..clock import Clock, utcnow
+from ..errors import SweepError
 from ..hub.client import HubAPIError, HubClient
 from ..hub.model import HubDataError, Snapshot, parse_user
 from ..rules.decisions import Plan, ServerDecision, UserDecision, decide
+from ..rules.demand import DemandData, DemandSpec, classify, demand_data, pod_facts
 from ..rules.keeps import Keep, kept_until, live_keeps
 from ..rules.needs import running_in_scope
 from ..rules.policy import Policy
 from ..rules.signals import ServerKey, Signals
+from ..signals.pods import DemandSource
 from ..signals.usage import UsageInspection, UsageRead
 from .gather import KernelInspection, read_kernels
 from .memory import WarnMemory
 from .notify import WarnChannel, notify
-from .records import CullRecord, ProbeStats, SweepResult, UserCullRecord
+from .records import CullRecord, DemandSkip, ProbeStats, SweepResult, UserCullRecord
 from .snapshot import take_snapshot
 
 log = logging.getLogger(__name__)
@@ -45,10 +48,61 @@ async def _stop(client: HubClient, d: ServerDecision, now: datetime) -> CullReco
             d.remove,
             str(exc),
             d.idle_from,
+            d.for_pod,
+            d.frees,
         )
     return CullRecord(
-        d.user, d.server, d.reason, d.idle_seconds, now, False, outcome, d.remove, None, d.idle_from
+        d.user,
+        d.server,
+        d.reason,
+        d.idle_seconds,
+        now,
+        False,
+        outcome,
+        d.remove,
+        None,
+        d.idle_from,
+        d.for_pod,
+        d.frees,
     )
+
+
+#: Re-classifying a pod at its own Unschedulable time, with no wait: whether it still waits.
+_NO_WAIT = DemandSpec(min_idle=1.0, after=0.0, scale_up_wait=0.0)
+
+
+async def demand_changed(
+    client: HubClient, d: ServerDecision, demand: DemandSource | None
+) -> str | None:
+    """Why a demand stop must not happen now (``None``: go ahead): the server was active
+    since the listing (the Hub's ``last_activity`` moved), or its waiting pod no longer
+    waits (gone, scheduled, nominated, being deleted). A failed check calls the stop off."""
+    try:
+        model = await client.get_user(d.user)
+        user = parse_user(model) if model is not None else None
+        server = next((s for s in user.servers if s.name == d.server), None) if user else None
+        if server is None or not server.ready or server.pending:
+            return f"{d.label} is no longer running"
+        if server.last_activity != d.seen_activity:
+            return f"{d.label} was active since the listing"
+        if demand is None or d.for_pod is None:
+            return None
+        pod = await demand.read_pod(d.for_pod)
+    except (HubAPIError, HubDataError, SweepError) as exc:
+        return f"the check before stopping {d.label} failed: {exc}"
+    if pod is None:
+        return f"pod {d.for_pod} is gone"
+    facts = pod_facts(pod)
+    if facts.unschedulable_since is None:
+        return f"pod {d.for_pod} no longer waits"
+    wait = classify(facts, _NO_WAIT, facts.unschedulable_since)
+    if wait.state != "waiting":
+        return f"pod {d.for_pod} no longer waits ({wait.why})"
+    return None
+
+
+async def _no_change() -> None:
+    return None
 
 
 async def _still_deletable(
@@ -91,10 +145,34 @@ async def _delete_user(
 
 
 async def execute(
-    plan: Plan, policy: Policy, client: HubClient, clock: Clock = utcnow
+    plan: Plan,
+    policy: Policy,
+    client: HubClient,
+    clock: Clock = utcnow,
+    demand: DemandSource | None = None,
+    skipped: list[DemandSkip] | None = None,
 ) -> tuple[list[CullRecord], list[CullRecord], list[UserCullRecord]]:
     """Carry out a plan: all stops and removals concurrently (the client bounds how many are
-    in flight), then user deletions whose servers stopped. A dry run only records."""
+    in flight), then user deletions whose servers stopped. A dry run only records.
+
+    A demand stop is checked again just before it (:func:`demand_changed`); the ones called
+    off are added to ``skipped``."""
+    if not plan.dry_run and any(d.reason == "demand" for d in plan.stops):
+        checks = await asyncio.gather(
+            *(
+                demand_changed(client, d, demand) if d.reason == "demand" else _no_change()
+                for d in plan.stops
+            )
+        )
+        kept = []
+        for d, why in zip(plan.stops, checks, strict=True):
+            if why is None:
+                kept.append(d)
+                continue
+            log.info("not stopping %s for pod %s: %s", d.label, d.for_pod, why)
+            if skipped is not None:
+                skipped.append(DemandSkip(d.user, d.server, d.for_pod or "", why))
+        plan.stops = kept
     now = clock()
     if plan.dry_run:
         culls = [
@@ -108,6 +186,8 @@ async def execute(
                 "dryRun",
                 d.remove,
                 idle_from=d.idle_from,
+                for_pod=d.for_pod,
+                frees=d.frees,
             )
             for d in plan.stops
         ]
@@ -144,6 +224,7 @@ async def run_sweep(
     usage: UsageInspection | None = None,
     where: str = "",
     keeps: list[Keep] | None = None,
+    demand: DemandSource | None = None,
 ) -> SweepResult:
     """List, gather, decide and act once. Raises :class:`~hubcull.engine.errors.SweepError`
     (and culls nothing) when the Hub, the servers' pods or Prometheus cannot be read completely.
@@ -158,7 +239,9 @@ async def run_sweep(
     every server is warned anew) and ``channel`` where webhook posts go; they are posted after
     acting. ``keeps`` (``spec.keep``) are the keeps of the previous status: those that still
     hold protect their servers, and the result carries them on (ended ones and those of
-    servers no longer running dropped)."""
+    servers no longer running dropped). With ``spec.demand``, ``demand`` says which pods
+    wait for room (read after the Hub's listing; its failure decides nothing, like a failed
+    listing)."""
     started = clock()
     t0 = time.monotonic()
     reading = UsageRead(policy, usage) if policy.usage is not None and usage is not None else None
@@ -169,6 +252,12 @@ async def run_sweep(
             await reading.cancel()
         raise
     warned = warnings.recall() if warnings is not None else {}
+    try:
+        data, demand_due = await _demand_data(policy, demand, snapshot.now)
+    except BaseException:
+        if reading is not None:
+            await reading.cancel()
+        raise
     signals: Signals = {}
     hold: set[ServerKey] = set()
     problems: list[tuple[str, str]] = []
@@ -180,7 +269,9 @@ async def run_sweep(
             problems.append(("UsageEmpty", found.empty))
     probes = ProbeStats()
     if policy.kernels is not None and kernels is not None:
-        inspected = await read_kernels(policy, snapshot, kernels, warned, signals, where)
+        inspected = await read_kernels(
+            policy, snapshot, kernels, warned, signals, where, demand=data
+        )
         signals, probes, hold = inspected.signals, inspected.stats, hold | inspected.hold
         if inspected.problem is not None:
             problems.append(("ProbesFailing", inspected.problem))
@@ -192,8 +283,12 @@ async def run_sweep(
         warned=warned,
         hold=hold,
         keeps=kept_until(held, snapshot.now),
+        demand=data,
     )
-    culls, removals, user_culls = await execute(plan, policy, client, clock)
+    skipped: list[DemandSkip] = []
+    culls, removals, user_culls = await execute(plan, policy, client, clock, demand, skipped)
+    if demand is not None and not plan.dry_run:
+        demand.freed([c.for_pod for c in culls if c.for_pod and c.error is None])
     # warnings reach people after the stops (posts) or after the sweep (events): they count
     # from then, so `before` is never cut short by a long sweep
     shifted = _warning_lag(t0)
@@ -220,12 +315,15 @@ async def run_sweep(
         probes=probes,
         warnings=plan.warnings,
         pending=plan.pending,
-        next_due=plan.next_due,
+        next_due=min((t for t in (plan.next_due, demand_due) if t is not None), default=None),
         notify=report,
         problems=problems,
         keeps=_not_stopped(held, culls),
         judged=plan.judged,
         warned=dict(plan.warned),
+        waiting=plan.waiting,
+        unhelped=plan.unhelped,
+        demand_skipped=skipped,
     )
 
 
@@ -243,3 +341,18 @@ def _not_stopped(keeps: list[Keep], culls: list[CullRecord]) -> list[Keep]:
     """A keep ends when its server stops (here: by ``maxAge``)."""
     stopped = {(c.user, c.server) for c in culls if c.error is None and not c.dry_run}
     return [k for k in keeps if k.key not in stopped]
+
+
+async def _demand_data(
+    policy: Policy, demand: DemandSource | None, hub_now: datetime
+) -> tuple[DemandData | None, datetime | None]:
+    """The waiting pods (``spec.demand``), and when the next pod will wait, on the Hub's
+    clock (the pods' times are on the API server's)."""
+    if policy.demand is None or demand is None:
+        return None, None
+    seen = await demand.observe()
+    data = demand_data(policy.demand, seen.pods, seen.events, seen.now, seen.helped)
+    due = None
+    if data.next_due is not None:
+        due = hub_now + (data.next_due - seen.now)
+    return data, due

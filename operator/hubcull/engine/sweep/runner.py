@@ -106,6 +106,12 @@ NEEDS_OPERATOR = (
 )
 
 
+NEEDS_OPERATOR_DEMAND = (
+    "spec.demand watches the servers' pods for ones that cannot start, which only the "
+    "operator (hubcull run) can do; remove spec.demand to try the policy with hubcull sweep"
+)
+
+
 def _kernel_inspection(
     policy: Policy,
     sources: SweepSources,
@@ -165,6 +171,8 @@ async def sweep_policy(
     clock = sources.clock
     if policy.suspend:
         return suspended(previous, generation, clock)
+    if policy.demand is not None and sources.demand is None:
+        return failed(previous, "InvalidSpec", NEEDS_OPERATOR_DEMAND, generation, clock)
     if policy.needs_pods and sources.pods is None:
         return failed(previous, "InvalidSpec", NEEDS_OPERATOR, generation, clock)
     if policy.usage is not None and sources.pods_namespace is None:
@@ -208,6 +216,7 @@ async def sweep_policy(
             usage,
             _where(policy, sources),
             keeps_from_status((previous or {}).get("keeps")) if policy.keep is not None else [],
+            sources.demand,
         )
     except SweepError as exc:
         log.debug("sweep failed: %s", exc)

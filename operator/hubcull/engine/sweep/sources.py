@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..clock import Clock, utcnow
-from ..signals.pods import PodSource
+from ..signals.pods import DemandSource, PodSource
 from ..signals.probetokens import ProbeTokens
 from ..signals.prometheus import QueryResult
 from .connection import HubConnection
@@ -37,6 +37,7 @@ class SweepSources:
     ``probe_tokens`` are the per-server tokens of ``spec.kernels``' probes: by default the
     ``connection``'s (kept between sweeps), or without a connection made for this sweep and
     deleted at its end.
+    ``demand`` says which pods wait for room (``spec.demand``; the operator's pod watch).
     """
 
     token: str
@@ -51,6 +52,7 @@ class SweepSources:
     channel: WarnChannel | None = None
     prometheus: PrometheusAccess | None = None
     on_query: Callable[[QueryResult], None] | None = None
+    demand: DemandSource | None = None
     probe_tokens: ProbeTokens | None = None
 
     def probe_tokens_for_sweep(self) -> ProbeTokens:

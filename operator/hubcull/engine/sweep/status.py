@@ -98,6 +98,7 @@ def recent_culls(result: SweepResult, previous: list[Any] | None) -> list[dict[s
             "time": isotime(c.time),
             "dryRun": c.dry_run,
             **({"idleFrom": c.idle_from} if c.idle_from != "hub" else {}),
+            **({"for": c.for_pod} if c.for_pod else {}),
         }
         for c in sorted(result.culled, key=lambda c: -c.idle_seconds)
     ]
@@ -133,6 +134,7 @@ def status_after_sweep(
         f"Swept {result.running} running servers at {isotime(result.now)}: {verb} "
         f"{len(result.culled)}, {len(result.failed)} failed"
         + warn_summary(result)
+        + demand_summary(result, policy)
         + (" (dry run)." if result.dry_run else ".")
     )
     if result.problems:
@@ -190,6 +192,11 @@ def status_after_sweep(
         "serversProtected": len(result.protected),
         "probeFailedLastSweep": len(result.probe_failures),
         "warnedLastSweep": len(result.warnings),
+        **(
+            {"serversWaiting": len(result.waiting), "freedLastSweep": len(result.freed)}
+            if policy.demand is not None
+            else {}
+        ),
         "recentCulls": recent_culls(result, previous.get("recentCulls")),
         "conditions": conditions,
         **_keep_fields(previous, result, policy),
@@ -221,6 +228,26 @@ def warn_summary(result: SweepResult) -> str:
     return text
 
 
+def demand_summary(result: SweepResult, policy: Policy) -> str:
+    """``; 2 pods waiting for room, freed 1; unfreeable: jupyter-bob (no Insufficient
+    resource named)`` for the Ready message (empty without spec.demand or waiting pods)."""
+    if policy.demand is None or not (result.waiting or result.demand_skipped):
+        return ""
+    verb = "would free" if result.dry_run else "freed"
+    text = f"; {len(result.waiting)} pods waiting for room, {verb} {len(result.freed)}"
+    unfreeable = [p.name for p in result.waiting if p.unfreeable]
+    if unfreeable:
+        text += f"; unfreeable (no stop can help): {', '.join(unfreeable[:5])}"
+        text += f" and {len(unfreeable) - 5} more" if len(unfreeable) > 5 else ""
+    stuck = [p.name for p in result.unhelped if not p.unfreeable]
+    if stuck:
+        text += f"; no idle server can make room for: {', '.join(stuck[:5])}"
+        text += f" and {len(stuck) - 5} more" if len(stuck) > 5 else ""
+    if result.demand_skipped:
+        text += f"; {len(result.demand_skipped)} demand stops called off at the last check"
+    return text
+
+
 def status_after_failure(
     previous: Mapping[str, Any] | None,
     reason: str,
@@ -248,5 +275,6 @@ def describe_cull(record: Any) -> str:
         "maxAge": f"maxAge, idle {idle}",
         "capacity": f"capacity, idle {idle}",
         "idleGPU": f"GPU idle {format_duration(record.idle_seconds)}",
+        "demand": f"demand, idle {idle}, for pod {getattr(record, 'for_pod', None)}",
     }.get(record.reason, record.reason)
     return f"{record.label} ({why})"

@@ -1,0 +1,279 @@
+"""``python -m benchmarks.demand``: how fast ``spec.demand`` frees room, and what it costs.
+
+Reaction (real parts): a real JupyterHub (the tests' fixture, FakeSpawner) behind the tests'
+recording proxy, the tests' Kubernetes API emulator and the real hubcull operator (kopf,
+in-process). ``--servers`` idle GPU servers with KubeSpawner-shaped pods; one CullPolicy with
+``every: 10m``, ``demand: {minIdle: 15m, after: 5s}``. Then, one after another, ``--pods``
+pods become Unschedulable (``Insufficient nvidia.com/gpu``, kube-scheduler v1.36's message);
+for each, the reaction is the time from the moment its ``after`` has passed (its
+``lastTransitionTime`` plus 5 s, on the API server's clock, which is this machine's) to the
+victim's ``DELETE`` reaching the Hub (the proxy's timestamp). The Kubernetes API requests of
+the run are counted by kind.
+
+Scale (the pure steps, in this process): ``--scale-servers`` running servers, each with a pod
+(GPU or CPU, on 50 nodes, two node pools), and ``--scale-waiting`` waiting pods: the time to
+classify every pod (``demand_data``) and to decide with and without ``spec.demand``
+(``decide``), the CPU time and the peak of Python memory allocated by those steps.
+
+Nothing is asserted; the numbers go to stdout as Markdown (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+import tracemalloc
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import kopf
+from tests.support.demand_pods import GPU, GPU_MESSAGE, running_pod, waiting_pod
+from tests.support.faultproxy import fault_proxy
+from tests.support.jhub import MINIMAL_SCOPES, start_hub
+from tests.support.kube import kube_server, run_operator
+from tests.support.operator_env import NS, cullpolicy, policy_status, secret
+from tests.support.scenario import populate
+
+from hubcull.engine.hub.model import Server, Snapshot, User
+from hubcull.engine.rules.decisions import decide
+from hubcull.engine.rules.demand import demand_data
+from hubcull.engine.rules.policy import parse_spec
+from hubcull.k8s import handlers
+from hubcull.k8s.metrics import Metrics
+
+AFTER = 5.0
+HOUR = 3600
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def reaction(servers: int, pods: int) -> dict[str, Any]:
+    """Run the reaction measurement; returns the samples and the request counts."""
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        async with (
+            start_hub(directory / "hub") as hub,
+            fault_proxy(hub.public_url) as proxy,
+            kube_server(directory) as kube,
+        ):
+            os.environ["KUBECONFIG"] = str(kube.kubeconfig_path)  # kopf's login reads it
+            users = {f"gpu{i:03d}": 3 * HOUR + 60 * i for i in range(servers)}
+            await populate(hub, {(u, ""): idle for u, idle in users.items()})
+            await kube.create_namespace(NS)
+            for user in users:
+                await running_pod(
+                    kube,
+                    user,
+                    node=f"gpu-{hash(user) % 4}",
+                    requests={"cpu": "500m", "memory": "1Gi"},
+                    limits={GPU: "1"},
+                )
+            memo = kopf.Memo(metrics=Metrics(), controllers={}, served=set())
+            async with run_operator(kube, handlers, namespaces=[NS], memo=memo):
+                await kube.create(secret(await hub.token(MINIMAL_SCOPES)))
+                policy = cullpolicy(
+                    proxy.api_url,
+                    every="10m",
+                    idleTimeout="24h",
+                    demand={"minIdle": "15m", "after": f"{AFTER:g}s"},
+                )
+                await kube.create(policy)
+
+                async def first_sweep() -> bool:
+                    return (await policy_status(kube)).get("serversWaiting") == 0
+
+                await kube.wait_for(first_sweep, timeout=60)
+                requests_before = len(list(kube.emulator))
+                samples: list[float] = []
+                for i in range(pods):
+                    mark = proxy.mark()
+                    pod = await waiting_pod(kube, f"new{i:03d}", since=0, message=GPU_MESSAGE)
+                    condition = pod["status"]["conditions"][0]["lastTransitionTime"]
+                    since = datetime.fromisoformat(condition.replace("Z", "+00:00"))
+                    due = (since + timedelta(seconds=AFTER)).timestamp()
+
+                    def stopped(mark: int = mark) -> bool:
+                        return bool(proxy.stops(mark))
+
+                    await kube.wait_for(stopped, timeout=60, interval=0.01)
+                    samples.append(proxy.stops(mark)[0].started - due)
+                requests = list(kube.emulator)[requests_before:]
+                status = await policy_status(kube)
+                sweeps = memo["metrics"].sweeps.labels(NS, "default", "success")._value.get()
+    kinds = Counter(
+        f"{r.method} {r.resource.plural if r.resource else r.url.path}"
+        + (" (watch)" if r.params.get("watch") else "")
+        for r in requests
+    )
+    return {
+        "samples": samples,
+        "kinds": kinds,
+        "culled": status.get("culledTotal"),
+        "sweeps": sweeps,
+    }
+
+
+def _scale_inputs(servers: int, waiting: int) -> tuple[Any, Snapshot, list[dict], datetime]:
+    now = datetime(2026, 12, 6, 3, 0, tzinfo=timezone.utc)
+    policy = parse_spec(
+        {
+            "hub": {"url": "http://hub/hub/api", "tokenSecretRef": {"name": "h", "key": "k"}},
+            "idleTimeout": "24h",
+            "demand": {"minIdle": "15m"},
+        }
+    )
+    users, pods = [], []
+    for i in range(servers):
+        name = f"user{i:05d}"
+        idle = 60.0 * (i % 600)
+        started = now - timedelta(hours=30)
+        server = Server(name, "", True, None, False, started, now - timedelta(seconds=idle), None)
+        users.append(User(name, False, (), server.last_activity, started, (server,)))
+        gpu = i % 4 == 0
+        pods.append(
+            {
+                "metadata": {
+                    "name": f"jupyter-{name}",
+                    "labels": {"component": "singleuser-server"},
+                    "annotations": {"hub.jupyter.org/username": name},
+                },
+                "spec": {
+                    "nodeName": f"{'gpu' if gpu else 'cpu'}-{i % 50}",
+                    "nodeSelector": {"pool": "gpu" if gpu else "cpu"},
+                    "containers": [
+                        {
+                            "resources": {
+                                "requests": {"cpu": "500m", "memory": "2Gi"},
+                                "limits": {GPU: "1"} if gpu else {},
+                            }
+                        }
+                    ],
+                },
+                "status": {"phase": "Running"},
+            }
+        )
+    for i in range(waiting):
+        gpu = i % 2 == 0
+        pods.append(
+            {
+                "metadata": {
+                    "name": f"jupyter-new{i:04d}",
+                    "labels": {"component": "singleuser-server"},
+                    "annotations": {"hub.jupyter.org/username": f"new{i:04d}"},
+                },
+                "spec": {
+                    "nodeSelector": {"pool": "gpu" if gpu else "cpu"},
+                    "containers": [
+                        {
+                            "resources": {
+                                "requests": {"cpu": "2" if not gpu else "500m"},
+                                "limits": {GPU: "1"} if gpu else {},
+                            }
+                        }
+                    ],
+                },
+                "status": {
+                    "phase": "Pending",
+                    "conditions": [
+                        {
+                            "type": "PodScheduled",
+                            "status": "False",
+                            "reason": "Unschedulable",
+                            "message": GPU_MESSAGE
+                            if gpu
+                            else "0/50 nodes are available: 50 Insufficient cpu.",
+                            "lastTransitionTime": "2026-12-06T02:58:00Z",
+                        }
+                    ],
+                },
+            }
+        )
+    snapshot = Snapshot.from_users(users, now, "5.3.0", "hub")
+    return policy, snapshot, pods, now
+
+
+def scale(servers: int, waiting: int, rounds: int = 5) -> dict[str, Any]:
+    """Time and memory of the pure steps at scale (medians of ``rounds``)."""
+    policy, snapshot, pods, now = _scale_inputs(servers, waiting)
+    assert policy.demand is not None
+    classify_t, with_t, without_t, cpu_t = [], [], [], []
+    stops = 0
+    for _ in range(rounds):
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        data = demand_data(policy.demand, pods, [], now)
+        t1 = time.perf_counter()
+        plan = decide(policy, snapshot, demand=data)
+        t2 = time.perf_counter()
+        cpu_t.append(time.process_time() - cpu0)
+        decide(policy, snapshot)
+        t3 = time.perf_counter()
+        classify_t.append(t1 - t0)
+        with_t.append(t2 - t1)
+        without_t.append(t3 - t2)
+        stops = len(plan.stops)
+    tracemalloc.start()
+    data = demand_data(policy.demand, pods, [], now)
+    decide(policy, snapshot, demand=data)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return {
+        "classify": statistics.median(classify_t),
+        "decide_with": statistics.median(with_t),
+        "decide_without": statistics.median(without_t),
+        "cpu": statistics.median(cpu_t),
+        "peak_mib": peak / 2**20,
+        "waiting": len(data.waiting),
+        "stops": stops,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--servers", type=int, default=24)
+    parser.add_argument("--pods", type=int, default=20)
+    parser.add_argument("--scale-servers", type=int, default=2000)
+    parser.add_argument("--scale-waiting", type=int, default=100)
+    parser.add_argument("--skip-reaction", action="store_true")
+    args = parser.parse_args()
+    print(f"# spec.demand benchmark ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n")
+    if not args.skip_reaction:
+        result = asyncio.run(reaction(args.servers, args.pods))
+        samples = result["samples"]
+        print(f"## Reaction: {len(samples)} waiting pods, every: 10m, after: {AFTER:g}s\n")
+        print("| median | p95 | min | max |\n|---|---|---|---|")
+        print(
+            f"| {statistics.median(samples):.2f} s | {_percentile(samples, 0.95):.2f} s "
+            f"| {min(samples):.2f} s | {max(samples):.2f} s |\n"
+        )
+        print(f"servers stopped: {result['culled']}, sweeps: {result['sweeps']:g}\n")
+        print("Kubernetes API requests during the reaction run:\n")
+        for kind, count in sorted(result["kinds"].items()):
+            print(f"- {kind}: {count}")
+        print()
+    found = scale(args.scale_servers, args.scale_waiting)
+    print(
+        f"## Scale: {args.scale_servers} running servers with pods, "
+        f"{args.scale_waiting} waiting pods (pure steps, medians of 5)\n"
+    )
+    print("| step | time |\n|---|---|")
+    print(f"| classify every pod (`demand_data`) | {found['classify'] * 1000:.1f} ms |")
+    print(f"| `decide()` with demand | {found['decide_with'] * 1000:.1f} ms |")
+    print(f"| `decide()` without demand | {found['decide_without'] * 1000:.1f} ms |")
+    print(f"| CPU of classify + decide | {found['cpu'] * 1000:.1f} ms |")
+    print(f"| peak Python memory of classify + decide | {found['peak_mib']:.1f} MiB |")
+    print(f"\nwaiting pods: {found['waiting']}, demand stops chosen: {found['stops']}")
+
+
+if __name__ == "__main__":
+    main()
