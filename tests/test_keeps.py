@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from fractions import Fraction
 
 import pytest
 
 from hubcull.engine.rules.decisions import decide
+from hubcull.engine.rules.demand import DemandData, ServerHold, WaitingPod
 from hubcull.engine.rules.keeps import (
     Keep,
     KeepCounts,
@@ -192,3 +194,23 @@ def test_a_keep_made_during_a_sweep_is_not_lost() -> None:
     assert merge_keeps([a, b], [a], [a, b2]) == [a, b2]
     # nothing happened meanwhile: the sweep's list is written
     assert merge_keeps([a, b], [a], [a, b]) == [a]
+
+
+def test_a_kept_server_is_never_stopped_for_demand() -> None:
+    """A GPU pod waits; alice's GPU server is the idlest but kept, so bob's is the victim.
+    Without the keep alice's would be chosen: the keep is what protects her."""
+    gpu = "nvidia.com/gpu"
+    p = policy(idleTimeout="10h", demand={"minIdle": "15m"})
+    hub = snap(
+        user("alice", server("alice", idle=5 * 3600, age=6 * 3600)),
+        user("bob", server("bob", idle=3600, age=6 * 3600)),
+    )
+    holds = {
+        (u, ""): ServerHold((u, ""), f"jupyter-{u}", "gpu-1", {gpu: Fraction(1)})
+        for u in ("alice", "bob")
+    }
+    waiting = WaitingPod("jupyter-carol", NOW, (gpu,), {gpu: Fraction(1)}, {})
+    demand = DemandData(waiting=(waiting,), holds=holds)
+    kept = decide(p, hub, keeps={("alice", ""): later(2)}, demand=demand)
+    assert stops(kept) == {("bob", "", "demand")}
+    assert stops(decide(p, hub, demand=demand)) == {("alice", "", "demand")}
