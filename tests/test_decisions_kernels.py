@@ -11,7 +11,7 @@ from hubcull.engine.hubmodel import Server
 from hubcull.engine.memory import KernelMemory
 from hubcull.engine.policy import Capacity, KernelsSpec
 from hubcull.engine.signals import KernelActivity, ServerSignals
-from tests.test_decisions import BASE, NOW, ago, server, snap, stops, user
+from tests.support.decisions import BASE, NOW, ago, server, snap, stops, user
 
 PROTECT = replace(BASE, kernels=KernelsSpec(protect_busy=True))
 BY_KERNELS = replace(BASE, kernels=KernelsSpec(idle_from="kernels"))

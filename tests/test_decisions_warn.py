@@ -15,12 +15,20 @@ from hubcull.engine.memory import WarnMemory
 from hubcull.engine.policy import Capacity, KernelsSpec, Safety, WarnSpec
 from hubcull.engine.signals import KernelActivity, ServerSignals
 from hubcull.engine.warnrules import Warned, needs_warning, verdict
-from tests.test_decisions import BASE, NOW, ago, server, snap, stops, user
+from tests.support.decisions import (
+    BASE,
+    NOW,
+    WARN,
+    ago,
+    idle_server,
+    server,
+    snap,
+    stops,
+    user,
+)
 
 MIN = 60
 HOUR = 3600
-# idle after 1h, warned 10 minutes before
-WARN = replace(BASE, idle_timeout=HOUR, warn=WarnSpec(before=10 * MIN))
 
 
 def later(seconds: float) -> datetime:
@@ -33,10 +41,6 @@ def warnings(plan: Plan) -> set[tuple[str, str, str]]:
 
 def pending(plan: Plan) -> set[tuple[str, str, str]]:
     return {(p.user, p.server, p.reason) for p in plan.pending}
-
-
-def idle_server(name: str, idle: float, age: float = 9 * HOUR) -> User:
-    return user(name, server(name, idle=idle, age=age))
 
 
 def test_verdict_table() -> None:

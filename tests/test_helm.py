@@ -742,7 +742,7 @@ def _rules_file_groups() -> list[dict[str, Any]]:
 def _promtool_check(groups: list[dict[str, Any]], tmp_path) -> None:
     """`promtool check rules` on the groups (skips without promtool, fails when tools are
     required: tests/support/tools.py)."""
-    from tests.test_monitoring import promtool
+    from tests.support.tools import promtool
 
     path = tmp_path / "rendered-rules.yaml"
     path.write_text(yaml.safe_dump({"groups": groups}), encoding="utf-8")

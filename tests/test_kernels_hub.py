@@ -26,6 +26,7 @@ from hubcull.engine.memory import SweepMemory
 from hubcull.engine.pods import ServerPod
 from hubcull.engine.runner import SweepOutcome, sweep_policy
 from hubcull.engine.signals import ServerKey
+from tests.support.cli import hubcull, manifest
 from tests.support.faultproxy import Fault, fault_proxy
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.jupyter import (
@@ -36,7 +37,6 @@ from tests.support.jupyter import (
     start_server,
 )
 from tests.support.scenario import ago, policy_for
-from tests.test_cli import hubcull, manifest
 
 pytestmark = pytest.mark.hub
 

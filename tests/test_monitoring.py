@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import tarfile
 from collections.abc import Iterator
 from typing import Any
@@ -29,7 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from hubcull.k8s.metrics import Metrics
 from tests.support.helm import CHART, REPO, run_helm
-from tests.support.tools import missing_tool
+from tests.support.tools import promtool
 
 RULES = CHART / "files" / "prometheus-rules.yaml"
 RULES_TEST = REPO / "tests" / "data" / "prometheus-rules-test.yaml"
@@ -48,21 +47,6 @@ GRAFANA_VARIABLES = {
     "__interval": "1m",
     "datasource": "prometheus",
 }
-
-
-def require_promtool() -> str:
-    """promtool's path; skip without it, fail when tools are required."""
-    found = shutil.which("promtool")
-    if found is None:
-        reason = "promtool is not installed (Debian's prometheus package: scripts/setup)"
-        missing_tool(reason)
-    return found
-
-
-def promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [require_promtool(), *args], capture_output=True, text=True, timeout=120, check=False
-    )
 
 
 # --------------------------------------------------------------------------------------------

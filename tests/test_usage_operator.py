@@ -14,6 +14,7 @@ from prometheus_client import generate_latest
 from tests.support.faultproxy import Fault, fault_proxy
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.kube import Kube
+from tests.support.leaks import Capture, assert_absent
 from tests.support.operator_env import (
     condition,
     cullpolicy,
@@ -24,7 +25,6 @@ from tests.support.operator_env import (
 from tests.support.pods import create_pod, singleuser_pod
 from tests.support.prometheus import Usage
 from tests.support.scenario import populate
-from tests.test_secrets_hygiene import Capture, assert_absent
 
 pytestmark = [pytest.mark.k8s, pytest.mark.hub, pytest.mark.prometheus]
 

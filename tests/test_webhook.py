@@ -17,9 +17,8 @@ from hubcull.engine.decisions import decide
 from hubcull.engine.notify import WarnChannel, notify
 from hubcull.engine.policy import SecretKeyRef, WarnSpec
 from hubcull.engine.webhook import Webhook, WebhookURLError, check_url, mask
+from tests.support.decisions import WARN, idle_server, snap
 from tests.support.webhook import WebhookReceiver
-from tests.test_decisions import snap
-from tests.test_decisions_warn import WARN, idle_server
 
 PAYLOAD = {"type": "warning", "user": "ann", "text": "ann will be stopped in about 10m"}
 

@@ -9,6 +9,8 @@ fail when the run must be complete: under ``CI=true`` and under ``scripts/test``
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from typing import NoReturn
 
 import pytest
@@ -32,3 +34,18 @@ def missing_tool(reason: str) -> NoReturn:
         why = "CI=true" if os.environ.get("CI", "").lower() == "true" else f"{REQUIRE_ENV}=1"
         pytest.fail(f"{why} but {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def require_promtool() -> str:
+    """promtool's path; skip without it, fail when tools are required."""
+    found = shutil.which("promtool")
+    if found is None:
+        reason = "promtool is not installed (Debian's prometheus package: scripts/setup)"
+        missing_tool(reason)
+    return found
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [require_promtool(), *args], capture_output=True, text=True, timeout=120, check=False
+    )
