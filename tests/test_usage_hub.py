@@ -450,11 +450,11 @@ async def test_a_hub_failure_wins_and_abandons_the_prometheus_read(lab: Lab) -> 
             hub={"requestTimeout": TIMEOUT},
         )
         took = time.monotonic() - started
+        assert arrived == [True], "the query was not sent while the Hub was listed"
         [query] = prometheus.requests(QUERY)
         await poll_until(lambda: query.finished, "the query to be abandoned", TIMEOUT / 3)
         assert query.finished is not None
         held = query.finished - query.started
-    assert arrived == [True], "the query was not sent while the Hub was listed"
     assert outcome.reason == "HubError", outcome.message
     assert "404" in (outcome.message or "")
     assert took < TIMEOUT / 3, f"the sweep waited {took:.1f}s for Prometheus"
