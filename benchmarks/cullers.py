@@ -26,10 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubcull.engine.hubclient import HubClient
-from hubcull.engine.policy import Policy, parse_spec
-from hubcull.engine.runner import HubConnection, sweep_policy
-from hubcull.engine.sweep import SweepResult, run_sweep
+from hubcull.engine.hub.client import HubClient
+from hubcull.engine.rules.policy import Policy, parse_spec
+from hubcull.engine.sweep.connection import HubConnection
+from hubcull.engine.sweep.records import SweepResult
+from hubcull.engine.sweep.run import run_sweep
+from hubcull.engine.sweep.runner import sweep_policy
+from hubcull.engine.sweep.sources import SweepSources
 
 TOKEN_REF = {"name": "hub", "key": "token"}
 
@@ -141,7 +144,7 @@ async def hubcull_sweep(
     sweeps of one policy do."""
     policy = bench_policy(url, timeout=timeout, concurrency=concurrency, page_size=page_size)
     started = time.monotonic()
-    outcome = await sweep_policy(policy, token, connection=connection)
+    outcome = await sweep_policy(policy, SweepSources(token, connection=connection))
     seconds = time.monotonic() - started
     if outcome.result is None:
         raise SweepFailed(f"hubcull sweep failed: {outcome.reason}: {outcome.message}")

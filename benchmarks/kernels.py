@@ -56,10 +56,11 @@ from benchmarks.harness import (
     cpu_seconds,
     user_name,
 )
-from hubcull.engine.memory import SweepMemory
-from hubcull.engine.policy import Policy, parse_spec
-from hubcull.engine.runner import sweep_policy
-from hubcull.engine.sweep import SweepResult
+from hubcull.engine.rules.policy import Policy, parse_spec
+from hubcull.engine.sweep.memory import SweepMemory
+from hubcull.engine.sweep.records import SweepResult
+from hubcull.engine.sweep.runner import sweep_policy
+from hubcull.engine.sweep.sources import SweepSources
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -545,7 +546,7 @@ async def _sweep_once(
     hub0, fake0 = cpu_seconds(bench.pid), cpu_seconds(fake.pid)
     proxy0 = cpu_seconds(proxy) if proxy else 0.0
     started = time.monotonic()
-    outcome = await sweep_policy(policy, token, memory=memory)
+    outcome = await sweep_policy(policy, SweepSources(token, memory=memory))
     seconds = time.monotonic() - started
     hub1, fake1 = cpu_seconds(bench.pid), cpu_seconds(fake.pid)
     proxy1 = cpu_seconds(proxy) if proxy else 0.0

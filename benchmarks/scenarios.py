@@ -50,7 +50,7 @@ from benchmarks.harness import (
     peak_rss_bytes,
     user_name,
 )
-from hubcull.engine.runner import HubConnection
+from hubcull.engine.sweep.connection import HubConnection
 
 POLICY_MAX_CONCURRENCY = 100
 

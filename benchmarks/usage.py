@@ -46,12 +46,14 @@ from tests.support.scenario import TOKEN_REF
 
 from benchmarks.harness import ActivityPlan, BenchHub, cpu_seconds, user_name
 from benchmarks.run import environment
-from hubcull.engine.memory import SweepMemory
-from hubcull.engine.pods import ServerPod
-from hubcull.engine.policy import Policy, parse_spec
-from hubcull.engine.runner import HubConnection, sweep_policy
-from hubcull.engine.signals import ServerKey
-from hubcull.engine.usagequeries import usage_queries
+from hubcull.engine.rules.policy import Policy, parse_spec
+from hubcull.engine.rules.signals import ServerKey
+from hubcull.engine.signals.pods import ServerPod
+from hubcull.engine.signals.queries import usage_queries
+from hubcull.engine.sweep.connection import HubConnection
+from hubcull.engine.sweep.memory import SweepMemory
+from hubcull.engine.sweep.runner import sweep_policy
+from hubcull.engine.sweep.sources import SweepSources
 
 NAMESPACE = "jhub"
 
@@ -257,11 +259,13 @@ async def measure_sweeps(prom: Prometheus, config: UsageConfig, workdir: Path) -
                     started = time.monotonic()
                     outcome = await sweep_policy(
                         chosen,
-                        token,
-                        connection=connection,
-                        pods=pods,
-                        memory=SweepMemory(),
-                        namespace=NAMESPACE,
+                        SweepSources(
+                            token,
+                            connection=connection,
+                            pods=pods,
+                            memory=SweepMemory(),
+                            namespace=NAMESPACE,
+                        ),
                     )
                     seconds = time.monotonic() - started
                     if outcome.result is None:

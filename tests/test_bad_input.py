@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from hubcull.cli import main
-from hubcull.engine.policy import PolicyError, parse_spec
+from hubcull.engine.rules.policy import PolicyError, parse_spec
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.kube import Kube
 from tests.support.operator_env import NS, condition, cullpolicy, hubcull_operator, secret

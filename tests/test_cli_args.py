@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from hubcull.cli import _parser, load_manifests, log_level, summary_line
-from hubcull.engine.runner import SweepOutcome, failed, suspended
-from hubcull.engine.sweep import SweepResult
+from hubcull.engine.sweep.records import SweepResult
+from hubcull.engine.sweep.runner import SweepOutcome, failed, suspended
 from tests.support.scenario import TOKEN_REF
 
 CLUSTER_URL = "http://hub:8081/hub/api"

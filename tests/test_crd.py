@@ -18,7 +18,7 @@ import pytest
 import re2
 import yaml
 
-from hubcull.engine.policy import parse_spec
+from hubcull.engine.rules.policy import parse_spec
 from tests.support import crd as K
 from tests.support.policies import (
     API_VERSION,

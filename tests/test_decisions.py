@@ -7,9 +7,9 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hubcull.engine.decisions import decide
-from hubcull.engine.hubmodel import Snapshot
-from hubcull.engine.policy import (
+from hubcull.engine.hub.model import Snapshot
+from hubcull.engine.rules.decisions import decide
+from hubcull.engine.rules.policy import (
     Capacity,
     Matcher,
     Policy,

@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 
-from hubcull.engine.decisions import decide
-from hubcull.engine.hubmodel import Server
-from hubcull.engine.memory import KernelMemory
-from hubcull.engine.policy import Capacity, KernelsSpec
-from hubcull.engine.signals import KernelActivity, ServerSignals
+from hubcull.engine.hub.model import Server
+from hubcull.engine.rules.decisions import decide
+from hubcull.engine.rules.policy import Capacity, KernelsSpec
+from hubcull.engine.rules.signals import KernelActivity, ServerSignals
+from hubcull.engine.sweep.memory import KernelMemory
 from tests.support.decisions import BASE, NOW, ago, server, snap, stops, user
 
 PROTECT = replace(BASE, kernels=KernelsSpec(protect_busy=True))

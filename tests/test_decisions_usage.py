@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from hubcull.engine.decisions import decide
-from hubcull.engine.policy import Capacity, KernelsSpec, PrometheusSpec, Safety, UsageSpec
-from hubcull.engine.signals import KernelActivity, ServerSignals, UsageReading
-from hubcull.engine.status import describe_cull
+from hubcull.engine.rules.decisions import decide
+from hubcull.engine.rules.policy import Capacity, KernelsSpec, PrometheusSpec, Safety, UsageSpec
+from hubcull.engine.rules.signals import KernelActivity, ServerSignals, UsageReading
+from hubcull.engine.sweep.status import describe_cull
 from tests.support.decisions import BASE, NOW, ago, server, snap, stops, user
 
 PROM = PrometheusSpec(url="http://prometheus:9090")

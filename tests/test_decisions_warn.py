@@ -9,12 +9,12 @@ from datetime import datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hubcull.engine.decisions import Plan, decide
-from hubcull.engine.hubmodel import Server, Snapshot, User
-from hubcull.engine.memory import WarnMemory
-from hubcull.engine.policy import Capacity, KernelsSpec, Safety, WarnSpec
-from hubcull.engine.signals import KernelActivity, ServerSignals
-from hubcull.engine.warnrules import Warned, needs_warning, verdict
+from hubcull.engine.hub.model import Server, Snapshot, User
+from hubcull.engine.rules.decisions import Plan, decide
+from hubcull.engine.rules.policy import Capacity, KernelsSpec, Safety, WarnSpec
+from hubcull.engine.rules.signals import KernelActivity, ServerSignals
+from hubcull.engine.rules.warn import Warned, needs_warning, verdict
+from hubcull.engine.sweep.memory import WarnMemory
 from tests.support.decisions import (
     BASE,
     NOW,

@@ -18,7 +18,7 @@ import jsonschema
 import pytest
 import yaml
 
-from hubcull.engine.policy import parse_spec
+from hubcull.engine.rules.policy import parse_spec
 from tests.support.helm import CHART, REPO, chart_values
 from tests.support.helm_schema import CRD_FILE, crd_to_jsonschema, crd_version_schema
 

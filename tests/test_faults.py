@@ -32,7 +32,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from hubcull.engine.runner import SweepOutcome, sweep_policy
+from hubcull.engine.sweep.runner import SweepOutcome, sweep_policy
+from hubcull.engine.sweep.sources import SweepSources
 from tests.support.faultproxy import (
     LISTING,
     RESTARTABLE_SPAWNER_CONFIG,
@@ -282,7 +283,9 @@ async def sweep_through(
 ) -> SweepOutcome:
     """One sweep through the proxy; ``spec`` fields override pageSize 2 and the timeout."""
     spec = {"pageSize": 2, "hub": {"requestTimeout": timeout}, **spec}
-    return await sweep_policy(policy_for(proxy.api_url, **spec), token, previous=previous)
+    return await sweep_policy(
+        policy_for(proxy.api_url, **spec), SweepSources(token), previous=previous
+    )
 
 
 def note(case_id: str, **values: Any) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import trustme
 
-from hubcull.engine.runner import sweep_policy
+from hubcull.engine.sweep.runner import sweep_policy
+from hubcull.engine.sweep.sources import SweepSources
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.scenario import culled_labels, policy_for, populate
 from tests.support.tls import tls_terminator
@@ -19,11 +20,13 @@ async def test_https_hub_with_a_private_ca(hub: Hub) -> None:
     ca = trustme.CA()
     async with tls_terminator(hub.api_url, ca.issue_cert("127.0.0.1")) as port:
         url = f"https://127.0.0.1:{port}/hub/api"
-        untrusted = await sweep_policy(policy_for(url, hub={"requestTimeout": "5s"}), token)
+        untrusted = await sweep_policy(
+            policy_for(url, hub={"requestTimeout": "5s"}), SweepSources(token)
+        )
         assert untrusted.reason == "HubUnreachable" and "CERTIFICATE" in (untrusted.message or "")
         assert await hub.running_servers() == {("ann", "")}
         ca_pem = ca.cert_pem.bytes().decode()
-        trusted = await sweep_policy(policy_for(url), token, ca_pem=ca_pem)
+        trusted = await sweep_policy(policy_for(url), SweepSources(token, ca_pem=ca_pem))
         assert culled_labels(trusted) == {"ann"}
-        bad = await sweep_policy(policy_for(url), token, ca_pem="not a pem")
+        bad = await sweep_policy(policy_for(url), SweepSources(token, ca_pem="not a pem"))
         assert bad.reason == "InvalidSpec" and "CA bundle" in (bad.message or "")

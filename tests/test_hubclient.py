@@ -9,7 +9,7 @@ import json
 import httpx
 import pytest
 
-from hubcull.engine.hubclient import HubAPIError, HubClient, HubError, HubUnreachable
+from hubcull.engine.hub.client import HubAPIError, HubClient, HubError, HubUnreachable
 
 URL = "http://hub.test/hub/api"
 

@@ -23,10 +23,11 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from hubcull.engine.memory import SweepMemory
-from hubcull.engine.pods import ServerPod
-from hubcull.engine.runner import SweepOutcome, sweep_policy
-from hubcull.engine.signals import ServerKey
+from hubcull.engine.rules.signals import ServerKey
+from hubcull.engine.signals.pods import ServerPod
+from hubcull.engine.sweep.memory import SweepMemory
+from hubcull.engine.sweep.runner import SweepOutcome, sweep_policy
+from hubcull.engine.sweep.sources import SweepSources
 from tests.support.cli import hubcull, manifest
 from tests.support.faultproxy import Fault, fault_proxy
 from tests.support.jhub import MINIMAL_SCOPES, Hub
@@ -151,7 +152,8 @@ async def sweep(lab: Lab, pods: StaticPods | None = None, **spec: Any) -> SweepO
     """One sweep of the users' default servers (``selector.users`` defaults to USERS)."""
     spec.setdefault("selector", {"users": list(USERS)})
     policy = policy_for(lab.hub, **spec)
-    return await sweep_policy(policy, lab.token, pods=pods, memory=SweepMemory())
+    sources = SweepSources(lab.token, pods=pods, memory=SweepMemory(), namespace="jhub")
+    return await sweep_policy(policy, sources)
 
 
 def culled(outcome: SweepOutcome) -> dict[str, str]:
@@ -404,8 +406,8 @@ async def test_idle_from_kernels_probes_a_server_again_only_once_it_could_be_idl
     )
     await lab.hub.set_times("ann", "", started=ago(HOURS_2))
     memory, pods = SweepMemory(), lab.pods()
-    first = await sweep_policy(policy, lab.token, pods=pods, memory=memory)
-    second = await sweep_policy(policy, lab.token, pods=pods, memory=memory)
+    first = await sweep_policy(policy, SweepSources(lab.token, pods=pods, memory=memory))
+    second = await sweep_policy(policy, SweepSources(lab.token, pods=pods, memory=memory))
     assert first.result is not None and second.result is not None
     assert (first.result.probes.results, second.result.probes.results) == ({"ok": 1}, {})
     assert pods.listings == 1  # the second sweep needed no pod at all
@@ -415,15 +417,45 @@ async def test_idle_from_kernels_probes_a_server_again_only_once_it_could_be_idl
 # ---------------------------------------------------------------------------- failures
 
 
-async def test_failed_probes_leave_the_decision_to_the_hub_and_the_sweep_ends_in_time(
+async def test_a_failed_probe_leaves_its_server_to_the_hub_and_the_sweep_ends_in_time(
     lab: Lab,
 ) -> None:
-    """ann's address answers 404 (not Jupyter), bob's refuses, cat's hangs: each is judged
-    by the Hub (idle 2 h: culled even though each runs a busy kernel)."""
+    """ann's address answers 404 (not Jupyter), cat's hangs, bob's works: ann and cat are
+    judged by the Hub (idle 2 h: culled even though each runs a busy kernel), bob is kept."""
     for user in USERS:
         await backdate(lab.hub, user, HOURS_2)
     for user in USERS:
         await busy_kernel(lab.client(user))
+    upstream = {user: f"http://127.0.0.1:{lab.locations[user].port}" for user in USERS}
+    async with (
+        fault_proxy(upstream["ann"]) as not_jupyter,
+        fault_proxy(upstream["cat"]) as hung,
+    ):
+        not_jupyter.inject(Fault("status", r"api/kernels", status=404))
+        hung.inject(Fault("hang", r"api/kernels"))
+        pods = lab.pods(ann=not_jupyter.url, cat=hung.url)
+        started = time.monotonic()
+        outcome = await sweep(
+            lab, pods, idleTimeout="1h", kernels={"protectBusy": True, "timeout": 2}, dryRun=True
+        )
+        took = time.monotonic() - started
+        hung.clear()
+    assert culled(outcome) == {"ann": "idle", "cat": "idle"}
+    assert outcome.result is not None
+    failures = {f.user: f.result for f in outcome.result.probe_failures}
+    assert failures == {"ann": "http_error", "cat": "timeout"}
+    assert outcome.result.probes.results["ok"] == 1
+    assert outcome.status["probeFailedLastSweep"] == 2
+    assert outcome.status["conditions"][0]["reason"] == "SweepSucceeded"
+    assert took < 2 + 3, f"the sweep took {took:.1f}s with a 2s probe timeout"
+
+
+async def test_every_probe_failing_holds_the_servers_and_says_so(lab: Lab) -> None:
+    """ann's address answers 404, bob's refuses, cat's hangs: every probe failed, so the
+    setup is broken (a NetworkPolicy, a wrong namespace), not the servers. Nothing that
+    needed a probe is stopped, and Ready says why with the first error."""
+    for user in USERS:
+        await backdate(lab.hub, user, HOURS_2)
     upstream = {user: f"http://127.0.0.1:{lab.locations[user].port}" for user in USERS}
     async with (
         fault_proxy(upstream["ann"]) as not_jupyter,
@@ -434,22 +466,26 @@ async def test_failed_probes_leave_the_decision_to_the_hub_and_the_sweep_ends_in
         await refused.refuse()
         hung.inject(Fault("hang", r"api/kernels"))
         pods = lab.pods(ann=not_jupyter.url, bob=refused.url, cat=hung.url)
-        started = time.monotonic()
         outcome = await sweep(
-            lab,
-            pods,
-            idleTimeout="1h",
-            kernels={"protectBusy": True, "timeout": 2},
-            dryRun=True,
+            lab, pods, idleTimeout="1h", kernels={"protectBusy": True, "timeout": 2}
         )
-        took = time.monotonic() - started
         hung.clear()
-    assert culled(outcome) == {"ann": "idle", "bob": "idle", "cat": "idle"}
+    assert culled(outcome) == {}
+    assert all([await running(lab.hub, user) for user in USERS])
     assert outcome.result is not None
-    failures = {f.user: f.result for f in outcome.result.probe_failures}
-    assert failures == {"ann": "http_error", "bob": "unreachable", "cat": "timeout"}
-    assert outcome.status["probeFailedLastSweep"] == 3
-    assert took < 2 + 3, f"the sweep took {took:.1f}s with a 2s probe timeout"
+    assert sorted(outcome.result.probes.results.elements()) == [
+        "http_error",
+        "timeout",
+        "unreachable",
+    ]
+    ready = outcome.status["conditions"][0]
+    assert (ready["status"], ready["reason"]) == ("False", "ProbesFailing")
+    assert (
+        "Every probe of this sweep failed (3 servers, pods searched in namespace jhub)"
+        in ready["message"]
+    )
+    assert "first error: ann: " in ready["message"]
+    assert outcome.status["serversRunning"] == 3
 
 
 async def test_a_token_without_access_servers_fails_before_anything_is_probed_or_stopped(
@@ -460,7 +496,7 @@ async def test_a_token_without_access_servers_fails_before_anything_is_probed_or
     token = await lab.hub.token(MINIMAL_SCOPES)
     pods = lab.pods()
     policy = policy_for(lab.hub, idleTimeout="1h", kernels={"protectBusy": True})
-    outcome = await sweep_policy(policy, token, pods=pods)
+    outcome = await sweep_policy(policy, SweepSources(token, pods=pods))
     assert outcome.result is None
     assert outcome.reason == "Forbidden"
     assert "access:servers" in (outcome.message or "")

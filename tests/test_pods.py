@@ -7,7 +7,7 @@ import kopf
 import pytest
 
 from hubcull.engine.errors import PodsUnavailable
-from hubcull.engine.pods import ServerPod
+from hubcull.engine.signals.pods import ServerPod
 from hubcull.k8s.kubeapi import KubeAPI
 from hubcull.k8s.pods import KubePodSource
 from tests.support.kube import Kube

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from hubcull.engine.durations import DurationError, format_duration, parse_duration
-from hubcull.engine.policy import PolicyError, parse_spec
+from hubcull.engine.rules.policy import PolicyError, parse_spec
 
 HUB = {"url": "http://hub:8081/hub/api", "tokenSecretRef": {"name": "hub", "key": "token"}}
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from hubcull.engine.decisions import ServerDecision
-from hubcull.engine.policy import Safety
-from hubcull.engine.status import set_condition, status_after_failure, status_after_sweep
-from hubcull.engine.sweep import CullRecord, SweepResult
+from hubcull.engine.rules.decisions import ServerDecision
+from hubcull.engine.rules.policy import Safety
+from hubcull.engine.sweep.records import CullRecord, SweepResult
+from hubcull.engine.sweep.status import set_condition, status_after_failure, status_after_sweep
 from tests.support.scenario import policy_for
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=timezone.utc)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from hubcull.engine.hubclient import HubClient
+from hubcull.engine.hub.client import HubClient
 from tests.support.jhub import FULL_SCOPES, MINIMAL_SCOPES, Hub
 from tests.support.scenario import ago, culled_labels, populate, sweep
 
@@ -198,10 +198,11 @@ async def test_hub_down_is_unreachable_and_culls_nothing(hub: Hub) -> None:
     token = await hub.token(MINIMAL_SCOPES)
     url = hub.api_url
     await hub.shutdown()
-    from hubcull.engine.runner import sweep_policy
+    from hubcull.engine.sweep.runner import sweep_policy
+    from hubcull.engine.sweep.sources import SweepSources
     from tests.support.scenario import policy_for
 
-    outcome = await sweep_policy(policy_for(url, hub={"requestTimeout": "2s"}), token)
+    outcome = await sweep_policy(policy_for(url, hub={"requestTimeout": "2s"}), SweepSources(token))
     assert outcome.result is None and outcome.reason == "HubUnreachable"
     assert "check spec.hub.url" in (outcome.message or "")
 
@@ -220,7 +221,9 @@ async def test_pagination_300_idle_of_600_running_all_culled_in_one_sweep(hub: H
 async def test_a_kept_connection_reads_version_and_scopes_once_and_again_after_a_failure(
     hub: Hub,
 ) -> None:
-    from hubcull.engine.runner import HubConnection, sweep_policy
+    from hubcull.engine.sweep.connection import HubConnection
+    from hubcull.engine.sweep.runner import sweep_policy
+    from hubcull.engine.sweep.sources import SweepSources
     from tests.support.scenario import policy_for
 
     await populate(hub, {("ann", ""): 60, ("bob", ""): 60})
@@ -231,7 +234,7 @@ async def test_a_kept_connection_reads_version_and_scopes_once_and_again_after_a
 
     async def sweep_counting(policy: object = policy, token: str = token) -> tuple[int, object]:
         before = len(responses)
-        outcome = await sweep_policy(policy, token, connection=connection)  # type: ignore[arg-type]
+        outcome = await sweep_policy(policy, SweepSources(token, connection=connection))  # type: ignore[arg-type]
         return len(responses) - before, outcome
 
     try:

@@ -24,10 +24,11 @@ import trustme
 import yaml
 
 from hubcull.cli import decision_lines
-from hubcull.engine.memory import SweepMemory
-from hubcull.engine.pods import ServerPod
-from hubcull.engine.runner import PrometheusAccess, SweepOutcome, sweep_policy
-from hubcull.engine.signals import ServerKey
+from hubcull.engine.rules.signals import ServerKey
+from hubcull.engine.signals.pods import ServerPod
+from hubcull.engine.sweep.memory import SweepMemory
+from hubcull.engine.sweep.runner import SweepOutcome, sweep_policy
+from hubcull.engine.sweep.sources import PrometheusAccess, SweepSources
 from tests.support.faultproxy import LISTING, Fault, fault_proxy
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.jupyter import JupyterError, poll_until
@@ -101,12 +102,14 @@ class Lab:
         pods = pods or PodNames({(user, ""): f"jupyter-{user}" for user in users})
         return await sweep_policy(
             policy,
-            self.token,
-            pods=pods,
-            memory=SweepMemory(),
-            namespace=self.usage.namespace,
-            prometheus=prometheus,
-            on_query=self.count,
+            SweepSources(
+                self.token,
+                pods=pods,
+                memory=SweepMemory(),
+                namespace=self.usage.namespace,
+                prometheus=prometheus,
+                on_query=self.count,
+            ),
         )
 
 
@@ -237,8 +240,11 @@ async def write_gpu_with_hole(
 
 
 async def test_a_pod_without_series_is_left_to_the_hub(lab: Lab) -> None:
-    """ann and bob have pods but no series at all, cat not even a pod: the Hub decides."""
+    """ann has a pod but no series, cat not even a pod, dan's series name another pod: the
+    Hub decides for them, since bob's series show the queries themselves work."""
     await lab.servers({"ann": HUB_IDLE, "bob": HUB_FRESH, "cat": HUB_IDLE, "dan": HUB_IDLE})
+    await lab.usage.cpu("jupyter-bob", 0.1, history=[(15 * MIN, 0.1)])
+    await lab.usage.gpu("jupyter-bob", 1.0, history=[(15 * MIN, 1.0)])  # < idleTimeout
     await lab.usage.cpu("jupyter-dan", 3.0, history=[(15 * MIN, 3.0)])
     pods = PodNames({("ann", ""): "jupyter-ann", ("bob", ""): "jupyter-bob", ("dan", ""): "d"})
     usage = {"busyCPU": 0.5, "busyGPU": 5, "cullIdleGPU": True}
@@ -250,6 +256,27 @@ async def test_a_pod_without_series_is_left_to_the_hub(lab: Lab) -> None:
     assert pods.listings == 1
 
 
+async def test_a_query_with_no_series_for_any_server_holds_them_all(lab: Lab) -> None:
+    """The CPU query answers, but for no running server (wrong labels, another namespace):
+    that is a broken setup, not idle servers. Nothing the Hub would stop is stopped, and
+    Ready says which query and which namespace."""
+    await lab.servers({"ann": HUB_IDLE, "bob": HUB_IDLE, "cat": HUB_FRESH})
+    await lab.usage.cpu("someone-else", 0.0, history=[(15 * MIN, 0.0)])
+    pods = PodNames({(u, ""): f"jupyter-{u}" for u in ("ann", "bob", "cat")})
+    outcome = await lab.sweep({"busyCPU": 0.5}, pods=pods, idleTimeout="20m")
+    assert culled(outcome) == {}
+    ready = outcome.status["conditions"][0]
+    assert (ready["status"], ready["reason"]) == ("False", "UsageEmpty")
+    assert "The CPU query (spec.usage.queries.cpu) returned no series" in ready["message"]
+    assert f"namespace {lab.usage.namespace}" in ready["message"]
+    assert outcome.status["serversRunning"] == 3  # the sweep ran and reported
+    # one series for one of the servers is enough to trust the query again
+    await lab.usage.cpu("jupyter-cat", 0.1, history=[(15 * MIN, 0.1)])
+    again = await lab.sweep({"busyCPU": 0.5}, pods=pods, idleTimeout="20m")
+    assert culled(again) == {"ann": "idle", "bob": "idle"}
+    assert again.status["conditions"][0]["reason"] == "SweepSucceeded"
+
+
 async def test_custom_queries_with_exported_pod_labels(lab: Lab) -> None:
     """dcgm-exporter scraped without honorLabels: its own pod holds namespace and pod, the
     notebook's are exported_namespace and exported_pod. The default query finds nothing."""
@@ -258,7 +285,9 @@ async def test_custom_queries_with_exported_pod_labels(lab: Lab) -> None:
     await lab.usage.gpu("jupyter-bob", 60.0, exported=True, history=[(25 * MIN, 60.0)])
     settings = {"busyGPU": 10, "cullIdleGPU": True}
     by_default = await lab.sweep(settings, idleTimeout="20m", dryRun=True)
-    assert culled(by_default) == {"bob": "idle"}  # the Hub decides both
+    assert culled(by_default) == {}  # no series for either server: a broken query holds
+    assert by_default.status["conditions"][0]["reason"] == "UsageEmpty"
+    assert "The GPU query" in by_default.status["conditions"][0]["message"]
     exported = (
         "max by (exported_namespace, exported_pod) (max_over_time("
         'DCGM_FI_DEV_GPU_UTIL{exported_namespace="{namespace}"}[{window}]))'

@@ -8,10 +8,11 @@ from collections.abc import Mapping
 
 import pytest
 
-from hubcull.engine.memory import SweepMemory
-from hubcull.engine.pods import ServerPod
-from hubcull.engine.runner import SweepOutcome, sweep_policy
-from hubcull.engine.signals import ServerKey
+from hubcull.engine.rules.signals import ServerKey
+from hubcull.engine.signals.pods import ServerPod
+from hubcull.engine.sweep.memory import SweepMemory
+from hubcull.engine.sweep.runner import SweepOutcome, sweep_policy
+from hubcull.engine.sweep.sources import SweepSources
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.jupyter import JupyterServer, ServerLocation, start_server
 from tests.support.prometheus import Usage
@@ -48,10 +49,9 @@ async def test_a_busy_kernel_keeps_a_server_whose_gpu_is_idle(
         policy = policy_for(hub, idleTimeout="20m", dryRun=True, usage=usage_spec, **spec)
         return await sweep_policy(
             policy,
-            token,
-            pods=OnePod(location),
-            memory=SweepMemory(),
-            namespace=usage.namespace,
+            SweepSources(
+                token, pods=OnePod(location), memory=SweepMemory(), namespace=usage.namespace
+            ),
         )
 
     async with JupyterServer(location.direct_url, token) as ann:

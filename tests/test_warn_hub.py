@@ -14,8 +14,8 @@ import pytest
 from dateutil.parser import isoparse
 
 from hubcull.cli import decision_lines
-from hubcull.engine import webhook as webhook_module
-from hubcull.engine.notify import isotime
+from hubcull.engine.sweep import webhook as webhook_module
+from hubcull.engine.sweep.notify import isotime
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.scenario import ago, populate
 from tests.support.warn_env import Sweeper, hub_now, secret_url, wait_hub_time, warn

@@ -11,12 +11,12 @@ from dataclasses import replace
 
 import pytest
 
-from hubcull.engine import notify as notify_module
-from hubcull.engine import webhook as webhook_module
-from hubcull.engine.decisions import decide
-from hubcull.engine.notify import WarnChannel, notify
-from hubcull.engine.policy import SecretKeyRef, WarnSpec
-from hubcull.engine.webhook import Webhook, WebhookURLError, check_url, mask
+from hubcull.engine.rules.decisions import decide
+from hubcull.engine.rules.policy import SecretKeyRef, WarnSpec
+from hubcull.engine.sweep import notify as notify_module
+from hubcull.engine.sweep import webhook as webhook_module
+from hubcull.engine.sweep.notify import WarnChannel, notify
+from hubcull.engine.sweep.webhook import Webhook, WebhookURLError, check_url, mask
 from tests.support.decisions import WARN, idle_server, snap
 from tests.support.webhook import WebhookReceiver
 

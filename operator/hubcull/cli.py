@@ -16,19 +16,14 @@ from typing import Any
 import yaml
 
 from .engine.durations import format_duration
-from .engine.memory import SweepMemory
-from .engine.notify import WarnChannel
-from .engine.policy import Policy, PolicyError, parse_spec
-from .engine.runner import (
-    NEEDS_OPERATOR,
-    HubConnection,
-    SweepOutcome,
-    TokenError,
-    clean_token,
-    sweep_policy,
-)
-from .engine.status import describe_cull, isotime
-from .engine.webhook import WebhookURLError, check_url
+from .engine.rules.policy import Policy, PolicyError, parse_spec
+from .engine.sweep.connection import HubConnection
+from .engine.sweep.memory import SweepMemory
+from .engine.sweep.notify import WarnChannel
+from .engine.sweep.runner import NEEDS_OPERATOR, SweepOutcome, TokenError, clean_token, sweep_policy
+from .engine.sweep.sources import SweepSources
+from .engine.sweep.status import describe_cull, isotime
+from .engine.sweep.webhook import WebhookURLError, check_url
 
 TOKEN_ENV = "JUPYTERHUB_API_TOKEN"
 API_VERSION = "hubcull.io/v1alpha1"
@@ -319,15 +314,10 @@ async def _sweep_loop(
     memory = SweepMemory()
     try:
         while True:
-            outcome = await sweep_policy(
-                manifest.policy,
-                token,
-                previous=status,
-                ca_pem=ca_pem,
-                connection=connection,
-                memory=memory,
-                channel=channel,
+            sources = SweepSources(
+                token, ca_pem=ca_pem, connection=connection, memory=memory, channel=channel
             )
+            outcome = await sweep_policy(manifest.policy, sources, previous=status)
             print_outcome(manifest, outcome, output)
             status = outcome.status
             if once:

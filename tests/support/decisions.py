@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
-from hubcull.engine.hubmodel import Server, Snapshot, User
-from hubcull.engine.policy import WarnSpec, parse_spec
+from hubcull.engine.hub.model import Server, Snapshot, User
+from hubcull.engine.rules.policy import WarnSpec, parse_spec
 
 MIN = 60
 HOUR = 3600

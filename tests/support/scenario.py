@@ -7,9 +7,10 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from hubcull.engine.policy import Policy, parse_spec
-from hubcull.engine.runner import SweepOutcome, sweep_policy
-from hubcull.engine.sweep import Clock, utcnow
+from hubcull.engine.clock import Clock, utcnow
+from hubcull.engine.rules.policy import Policy, parse_spec
+from hubcull.engine.sweep.runner import SweepOutcome, sweep_policy
+from hubcull.engine.sweep.sources import SweepSources
 from tests.support.jhub import Hub
 
 TOKEN_REF = {"name": "hub", "key": "hub.services.hubcull.apiToken"}
@@ -35,7 +36,9 @@ async def sweep(
     **fields: Any,
 ) -> SweepOutcome:
     """One sweep of the test Hub with a policy made of ``fields``."""
-    return await sweep_policy(policy_for(hub, **fields), token, previous=previous, clock=clock)
+    return await sweep_policy(
+        policy_for(hub, **fields), SweepSources(token, clock=clock), previous=previous
+    )
 
 
 def ago(seconds: float) -> datetime:

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from hubcull.engine.memory import SweepMemory
-from hubcull.engine.notify import WarnChannel
-from hubcull.engine.policy import Policy
-from hubcull.engine.runner import SweepOutcome, sweep_policy
+from hubcull.engine.rules.policy import Policy
+from hubcull.engine.sweep.memory import SweepMemory
+from hubcull.engine.sweep.notify import WarnChannel
+from hubcull.engine.sweep.runner import SweepOutcome, sweep_policy
+from hubcull.engine.sweep.sources import SweepSources
 from tests.support.jhub import Hub
 from tests.support.scenario import policy_for
 from tests.support.webhook import WebhookReceiver
@@ -73,10 +74,8 @@ class Sweeper:
         """Sweep once; the status accumulates like the operator's."""
         outcome = await sweep_policy(
             self.policy,
-            self.token,
+            SweepSources(self.token, memory=self.memory, channel=self.channel),
             previous=self.status,
-            memory=self.memory,
-            channel=self.channel,
         )
         assert outcome.result is not None, outcome.message
         self.status = outcome.status

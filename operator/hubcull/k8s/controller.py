@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from ..engine.clock import Clock, utcnow
 from ..engine.durations import format_duration
-from ..engine.memory import SweepMemory
-from ..engine.notify import WarnChannel
-from ..engine.policy import DEFAULT_EVERY_SECONDS, Policy, PolicyError, parse_spec
-from ..engine.runner import (
-    HubConnection,
-    PrometheusAccess,
+from ..engine.rules.policy import DEFAULT_EVERY_SECONDS, Policy, PolicyError, parse_spec
+from ..engine.sweep.connection import HubConnection
+from ..engine.sweep.memory import SweepMemory
+from ..engine.sweep.notify import WarnChannel
+from ..engine.sweep.runner import (
     SweepOutcome,
     TokenError,
     clean_token,
@@ -25,9 +25,9 @@ from ..engine.runner import (
     suspended,
     sweep_policy,
 )
-from ..engine.status import describe_cull, throttle_message
-from ..engine.sweep import Clock, utcnow
-from ..engine.webhook import WebhookURLError, check_url
+from ..engine.sweep.sources import PrometheusAccess, SweepSources
+from ..engine.sweep.status import describe_cull, throttle_message
+from ..engine.sweep.webhook import WebhookURLError, check_url
 from .kubeapi import KubeAPI, KubeError
 from .metrics import Metrics
 from .pods import KubePodSource
@@ -164,21 +164,21 @@ class PolicyController:
         if self._hub is None:
             self._hub = HubConnection(self.metrics.hub_request_counter(self.namespace, self.name))
         channel = await self._warn_channel(policy)
-        outcome = await sweep_policy(
-            policy,
+        pod_namespace = policy.pod_namespace or self.namespace
+        sources = SweepSources(
             token,
-            previous=self.status,
-            generation=generation,
             ca_pem=ca_pem,
             clock=self.clock,
             connection=self._hub,
-            pods=KubePodSource(self.kube, self.namespace) if policy.needs_pods else None,
+            pods=KubePodSource(self.kube, pod_namespace) if policy.needs_pods else None,
+            namespace=self.namespace,
+            pod_namespace=pod_namespace,
             memory=self.memory,
             channel=channel,
-            namespace=self.namespace,
             prometheus=prometheus,
             on_query=self.metrics.prometheus_query_counter(self.namespace, self.name),
         )
+        outcome = await sweep_policy(policy, sources, previous=self.status, generation=generation)
         return outcome, token_cached or ca_cached
 
     async def _warn_channel(self, policy: Policy) -> WarnChannel | None:

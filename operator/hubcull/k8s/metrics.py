@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from ..engine.sweep import SweepResult
+from ..engine.sweep.records import SweepResult
 
 
 class Metrics:

@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 
 from ..engine.errors import PodsUnavailable
-from ..engine.pods import ServerPod
-from ..engine.signals import ServerKey
+from ..engine.rules.signals import ServerKey
+from ..engine.signals.pods import ServerPod
 from .kubeapi import KubeAPI, KubeError, KubeForbidden
 
 #: KubeSpawner's labels and annotations (kubespawner/spawner.py): the component label, the

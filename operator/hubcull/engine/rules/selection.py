@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 
-from .hubmodel import Server, User
+from ..hub.model import Server, User
 from .policy import Matcher, Policy
 
 

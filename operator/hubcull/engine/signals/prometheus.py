@@ -18,8 +18,8 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from .errors import UsageUnavailable
-from .hubclient import make_ssl_context
+from ..errors import UsageUnavailable
+from ..hub.client import make_ssl_context
 
 #: Answers larger than this are refused (one namespace's pods fit many times over).
 MAX_ANSWER_BYTES = 16 << 20

@@ -103,6 +103,7 @@ class KernelsSpec:
     via: Literal["pods", "proxy"] = "pods"
     proxy_url: str = ""
     timeout: float = 10.0
+    pod_namespace: str = ""
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,11 @@ class Policy:
         return bool(self.selector.groups or self.exclude.groups)
 
     @property
+    def pod_namespace(self) -> str:
+        """Where the servers' pods are when not in the policy's namespace (``""``: there)."""
+        return self.kernels.pod_namespace if self.kernels is not None else ""
+
+    @property
     def needs_pods(self) -> bool:
         """True when the policy needs the servers' KubeSpawner pods (the operator)."""
         return self.usage is not None or (self.kernels is not None and self.kernels.via == "pods")
@@ -215,6 +221,7 @@ def _kernels(top: SpecReader) -> KernelsSpec | None:
         via=r.choice("via", ("pods", "proxy")),  # type: ignore[arg-type]
         proxy_url=http_url(r, "proxyURL", "http://proxy-public.jhub.svc", required=False),
         timeout=r.duration("timeout", 10.0, minimum=1.0, maximum=60.0),
+        pod_namespace=r.dns_label("podNamespace"),
     )
     r.finish()
     if not (kernels.protect_busy or kernels.idle_from == "kernels"):

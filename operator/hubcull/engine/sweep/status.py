@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from .durations import format_duration
-from .policy import Policy
-from .sweep import SweepResult
+from ..durations import format_duration
+from ..rules.policy import Policy
+from .records import SweepResult
 
 RECENT_CULLS_LIMIT = 20
 
@@ -27,6 +27,11 @@ ADVICE = {
     "InvalidSpec": "fix the fields named and apply the CullPolicy again",
     "HubError": "check the Hub's logs and spec.hub.url",
     "PodsUnavailable": "check that the Kubernetes API server answers the operator",
+    "ProbesFailing": "set spec.kernels.podNamespace to where the servers' pods run, or let "
+    "hubcull reach the servers (NetworkPolicy, spec.kernels.via); nothing that needed a probe "
+    "is stopped for idleness or capacity until then",
+    "UsageEmpty": "check spec.usage.queries and that Prometheus keeps the pods' namespace and "
+    "pod labels; no server is stopped for idleness or capacity until then",
 }
 
 
@@ -128,9 +133,27 @@ def status_after_sweep(
         + warn_summary(result)
         + (" (dry run)." if result.dry_run else ".")
     )
-    conditions = set_condition(
-        previous.get("conditions"), "Ready", True, "SweepSucceeded", ready_message, generation, now
-    )
+    if result.problems:
+        reason, detail = result.problems[0]
+        conditions = set_condition(
+            previous.get("conditions"),
+            "Ready",
+            False,
+            reason,
+            failure_message(reason, detail),
+            generation,
+            now,
+        )
+    else:
+        conditions = set_condition(
+            previous.get("conditions"),
+            "Ready",
+            True,
+            "SweepSucceeded",
+            ready_message,
+            generation,
+            now,
+        )
     if result.held_back:
         conditions = set_condition(
             conditions,

@@ -9,18 +9,18 @@ own and ``hubcull sweep`` and the operator decide identically. What the servers 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
-from .durations import format_duration
-from .hubmodel import Server, ServerLabelled, Snapshot, User
+from ..durations import format_duration
+from ..hub.model import Server, ServerLabelled, Snapshot, User
 from .policy import Policy
 from .selection import server_in_scope, user_in_scope_for_deletion
 from .signals import ServerKey, ServerSignals, Signals
-from .usagerules import gpu_idle, usage_protection
-from .warnrules import PendingStop, WarnDecision, Warned, needs_warning, verdict
+from .usage import gpu_idle, usage_protection
+from .warn import PendingStop, WarnDecision, Warned, needs_warning, verdict
 
 Reason = Literal["idle", "maxAge", "capacity", "idleGPU"]
 IdleSource = Literal["hub", "kernels"]
@@ -61,6 +61,13 @@ class _Running:
     protection: str | None
     idle_since: datetime | None = None
     gpu_idle: bool = False
+    #: what decides this server is unknown this sweep: no stop for idleness or capacity
+    held: bool = False
+
+    @property
+    def spared(self) -> bool:
+        """Not to be stopped for idleness or capacity (protected or held)."""
+        return self.protection is not None or self.held
 
 
 @dataclass(frozen=True)
@@ -170,9 +177,9 @@ def _busy_kernel(policy: Policy, signals: ServerSignals) -> str | None:
 
 
 def _limit_reason(policy: Policy, item: _Running) -> Reason | None:
-    if _over_idle_timeout(policy, item) and item.protection is None:
+    if _over_idle_timeout(policy, item) and not item.spared:
         return "idle"
-    if item.gpu_idle and item.protection is None:
+    if item.gpu_idle and not item.spared:
         return "idleGPU"
     if policy.max_age > 0 and item.age is not None and item.age >= policy.max_age:
         return "maxAge"  # a hard limit: a busy kernel does not keep a server past it
@@ -191,6 +198,7 @@ def _capacity_pick(policy: Policy, remaining: list[_Running], protect: bool) -> 
         for item in remaining
         if item.idle is not None
         and item.idle >= policy.capacity.min_idle
+        and not item.held
         and not (protect and item.protection)
     ]
     pool.sort(key=lambda item: (-(item.idle or 0.0), item.server.user, item.server.name))
@@ -258,6 +266,7 @@ def decide(
     now: datetime | None = None,
     signals: Signals | None = None,
     warned: Mapping[ServerKey, Warned] | None = None,
+    hold: Collection[ServerKey] = (),
 ) -> Plan:
     """Decide what one sweep does with ``snapshot``, judged at ``now`` (the Hub's clock).
 
@@ -272,7 +281,11 @@ def decide(
     With ``spec.warn.before``, ``warned`` holds the warnings given in earlier sweeps: a
     candidate for idleness or ``maxAge`` is stopped only once its warning is ``before`` old,
     and servers that such a limit would stop within ``before`` are warned
-    (:mod:`~hubcull.engine.warnrules`); capacity stops do not wait.
+    (:mod:`~hubcull.engine.rules.warn`); capacity stops do not wait.
+
+    Servers in ``hold`` are those a signal should have judged but could not (a systemic probe
+    failure, a usage query without series): they are not stopped, warned or picked for
+    idleness or capacity this sweep; ``maxAge`` still applies.
     """
     now = now or snapshot.now
     signals = signals or {}
@@ -288,6 +301,8 @@ def decide(
                 plan.skipped_pending += 1
             elif server.ready:
                 item = _judge(policy, server, signals.get(server.key), now)
+                if server.key in hold:
+                    item = replace(item, held=True)
                 running.append(item)
                 reason = _limit_reason(policy, item)
                 if reason is not None:
@@ -353,7 +368,7 @@ def _next_limit(policy: Policy, item: _Running) -> tuple[Reason, float] | None:
     """The limit that waits for a warning and would stop a server soonest, if nothing
     changes, and the seconds until then (``None``: no such limit can stop it)."""
     limits: list[tuple[float, Reason]] = []
-    if policy.idle_timeout > 0 and item.idle is not None and item.protection is None:
+    if policy.idle_timeout > 0 and item.idle is not None and not item.spared:
         limits.append((policy.idle_timeout - item.idle, "idle"))
     if policy.max_age > 0 and item.age is not None:
         limits.append((policy.max_age - item.age, "maxAge"))

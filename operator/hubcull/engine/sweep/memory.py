@@ -7,9 +7,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from .hubmodel import Server
-from .signals import KernelActivity, ServerKey
-from .warnrules import Warned
+from ..hub.model import Server
+from ..rules.signals import KernelActivity, ServerKey
+from ..rules.warn import Warned
 
 _ServerRun = tuple[str, str, str]  # (user, server, started): a restarted server is a new run
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
-from .durations import format_duration
-from .hubmodel import ServerLabelled
+from ..durations import format_duration
+from ..hub.model import ServerLabelled
 
 Verdict = Literal["none", "warn", "wait", "stop"]
 

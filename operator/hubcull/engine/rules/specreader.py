@@ -3,12 +3,15 @@ the first, so one error message names every bad field."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .durations import DurationError, parse_duration
+from ..durations import DurationError, parse_duration
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,16 @@ class SpecReader:
         if not isinstance(value, str) or not value.strip():
             self.problems.append(f"{self.path}.{key}: must be a non-empty string, not {value!r}")
             return None
+        return value
+
+    def dns_label(self, key: str) -> str:
+        """A name such as a namespace's (an RFC 1123 label), or ``""`` when absent or empty."""
+        present, value = self._get(key)
+        if not present or value == "":
+            return ""
+        if not isinstance(value, str) or len(value) > 63 or not _DNS_LABEL.fullmatch(value):
+            self.problems.append(f"{self.path}.{key}: must be a namespace name, not {value!r}")
+            return ""
         return value
 
     def strings(self, key: str) -> tuple[str, ...]:

@@ -16,13 +16,13 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .hubmodel import Snapshot
-from .pods import ServerPod
-from .policy import Policy
-from .probing import ServerLocator, running_in_scope
-from .promclient import PrometheusClient, PromSample
-from .signals import ServerKey, ServerSignals, UsageReading
-from .usagequeries import PART_LABEL, Signal, usage_queries
+from ..hub.model import Snapshot
+from ..rules.needs import running_in_scope
+from ..rules.policy import Policy
+from ..rules.signals import ServerKey, ServerSignals, UsageReading
+from .pods import ServerLocator, ServerPod
+from .prometheus import PrometheusClient, PromSample
+from .queries import PART_LABEL, Signal, usage_queries
 
 #: How errors name each query.
 QUERY_NAMES: Mapping[Signal, str] = {
@@ -160,6 +160,40 @@ def readings(
     }
 
 
+@dataclass(frozen=True)
+class UsageSignals:
+    """The usage signals of a sweep's servers, and ``empty``: why a query is judged broken
+    (it answered, but with no series for any of two or more running servers), or ``None``."""
+
+    signals: dict[ServerKey, ServerSignals]
+    empty: str | None = None
+
+
+def silent_query(
+    policy: Policy,
+    snapshot: Snapshot,
+    answers: _Answers,
+    found: Mapping[ServerKey, UsageReading],
+    namespace: str,
+) -> str | None:
+    """Why a query that answered is broken: no series for any of the sweep's running servers
+    (two or more; one server without a series among others goes to the Hub), or ``None``."""
+    running = [server.key for server in running_in_scope(policy, snapshot)]
+    if len(running) < 2:
+        return None
+    field_of = {"cpu": "cpu_cores", "gpu": "gpu_percent"}
+    for signal, _rows in answers.results:
+        attribute = field_of.get(signal)
+        if attribute is None:
+            continue  # gpu-idle: a server without full coverage is simply not idle by GPU
+        if not any(getattr(found.get(key), attribute, None) is not None for key in running):
+            return (
+                f"{QUERY_NAMES[signal]} returned no series for any of the {len(running)} "
+                f"running servers' pods in namespace {namespace}"
+            )
+    return None
+
+
 class UsageRead:
     """One sweep's reading of Prometheus and the pods, started at once so that it runs while
     the Hub is listed (it does not depend on the listing, only its mapping to servers does).
@@ -170,13 +204,16 @@ class UsageRead:
         self._namespace = inspection.namespace
         self._task = asyncio.ensure_future(_fetch(policy, inspection))
 
-    async def signals(self, snapshot: Snapshot) -> dict[ServerKey, ServerSignals]:
+    async def signals(self, snapshot: Snapshot) -> UsageSignals:
         """The servers' usage signals. Raises
         :class:`~hubcull.engine.errors.UsageUnavailable` (or ``PodsUnavailable``) when
         Prometheus or the pods could not be read: then nothing may be decided."""
         answers = await self._task
         found = readings(self._policy, snapshot, answers, self._namespace)
-        return {key: ServerSignals(usage=reading) for key, reading in found.items()}
+        return UsageSignals(
+            {key: ServerSignals(usage=reading) for key, reading in found.items()},
+            silent_query(self._policy, snapshot, answers, found, self._namespace),
+        )
 
     async def cancel(self) -> None:
         """Stop reading (the sweep failed before it needed the readings)."""

@@ -8,22 +8,24 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import SweepError
-from .hubclient import HubAPIError, HubClient
-from .kernelprobe import KernelProber
-from .memory import SweepMemory
-from .notify import WarnChannel
-from .pods import PodSource
-from .policy import Policy
-from .probing import KernelInspection, ServerLocator
-from .promclient import PrometheusClient, QueryResult
+from ..clock import Clock, utcnow
+from ..errors import SweepError
+from ..hub.client import HubAPIError
+from ..rules.policy import Policy
+from ..signals.kernels import KernelProber
+from ..signals.pods import ServerLocator
+from ..signals.prometheus import PrometheusClient
+from ..signals.usage import UsageInspection
+from .connection import new_client
+from .gather import KernelInspection
+from .records import SweepResult
+from .run import run_sweep
+from .sources import PrometheusAccess, SweepSources
 from .status import failure_message, status_after_failure, status_after_sweep
-from .sweep import Clock, SweepResult, run_sweep, utcnow
-from .usage import UsageInspection
 
 log = logging.getLogger(__name__)
 
@@ -103,150 +105,70 @@ NEEDS_OPERATOR = (
 
 
 def _kernel_inspection(
-    policy: Policy,
-    token: str,
-    ca_pem: str | None,
-    locator: ServerLocator,
-    memory: SweepMemory,
+    policy: Policy, sources: SweepSources, locator: ServerLocator
 ) -> KernelInspection | None:
     """How this sweep reaches the servers' Jupyter APIs (``None`` without ``spec.kernels``).
     The probes carry the Hub token, which the servers check with the Hub."""
     if policy.kernels is None:
         return None
     prober = KernelProber(
-        token, timeout=policy.kernels.timeout, concurrency=policy.concurrency, ca_pem=ca_pem
+        sources.token,
+        timeout=policy.kernels.timeout,
+        concurrency=policy.concurrency,
+        ca_pem=sources.ca_pem,
     )
-    return KernelInspection(prober, locator, memory.kernels)
-
-
-@dataclass(frozen=True)
-class PrometheusAccess:
-    """What the operator read from the Secrets ``spec.usage.prometheus`` names."""
-
-    token: str | None = None
-    ca_pem: str | None = None
+    return KernelInspection(prober, locator, sources.memory.kernels)
 
 
 def _usage_inspection(
-    policy: Policy,
-    namespace: str | None,
-    access: PrometheusAccess | None,
-    locator: ServerLocator,
-    on_query: Callable[[QueryResult], None] | None,
+    policy: Policy, sources: SweepSources, locator: ServerLocator
 ) -> UsageInspection | None:
     """How this sweep reads its pods' usage (``None`` without ``spec.usage``). Requests time
     out after ``hub.requestTimeout``. Raises :class:`ssl.SSLError` or :class:`ValueError`
     for a CA bundle that is not PEM."""
+    namespace = sources.pods_namespace
     if policy.usage is None or namespace is None:
         return None
-    access = access or PrometheusAccess()
+    access = sources.prometheus or PrometheusAccess()
     client = PrometheusClient(
         policy.usage.prometheus.url,
         token=access.token,
         ca_pem=access.ca_pem,
         timeout=policy.hub.request_timeout,
-        on_query=on_query,
+        on_query=sources.on_query,
     )
     return UsageInspection(client, locator, namespace)
 
 
-#: How long a kept client reuses the Hub's version and the token's scopes.
-REMEMBER_SECONDS = 300.0
-
-
-class HubConnection:
-    """One policy's Hub client, kept from sweep to sweep while the Hub settings stay the same.
-
-    A new client is made when the URL, token, CA, timeout or concurrency changes (a new page
-    size is set on the kept one).
-    Between sweeps the kept client reuses the Hub's version and the token's scopes for
-    :data:`REMEMBER_SECONDS`, so a steady sweep of a small Hub is a single listing; a sweep
-    that fails forgets them, so that a fixed token or role is seen at the next sweep.
-    """
-
-    def __init__(self, on_response: Callable[[str], None] | None = None) -> None:
-        self.on_response = on_response
-        self._client: HubClient | None = None
-        self._settings: tuple[Any, ...] | None = None
-
-    async def client(self, policy: Policy, token: str, ca_pem: str | None) -> HubClient:
-        """The kept client for these settings (a new one if they changed).
-
-        Raises :class:`ssl.SSLError` or :class:`ValueError` for a CA bundle that is not PEM.
-        """
-        hub = policy.hub
-        settings = (hub.url, token, ca_pem, hub.request_timeout, policy.concurrency)
-        if self._client is None or settings != self._settings:
-            await self.aclose()
-            self._client = _new_client(policy, token, ca_pem, self.on_response, REMEMBER_SECONDS)
-            self._settings = settings
-        self._client.page_size = policy.page_size
-        return self._client
-
-    async def aclose(self) -> None:
-        """Close the kept client, if any."""
-        client, self._client, self._settings = self._client, None, None
-        if client is not None:
-            await client.aclose()
-
-
-def _new_client(
-    policy: Policy,
-    token: str,
-    ca_pem: str | None,
-    on_response: Callable[[str], None] | None,
-    remember_seconds: float = 0.0,
-) -> HubClient:
-    return HubClient(
-        policy.hub.url,
-        token,
-        timeout=policy.hub.request_timeout,
-        concurrency=policy.concurrency,
-        page_size=policy.page_size,
-        ca_pem=ca_pem,
-        on_response=on_response,
-        remember_seconds=remember_seconds,
-    )
+def _where(policy: Policy, sources: SweepSources) -> str:
+    """Where the probes looked for the servers, for messages."""
+    if policy.kernels is not None and policy.kernels.via == "proxy":
+        return f"through the proxy at {policy.kernels.proxy_url}"
+    return f"pods searched in namespace {sources.pods_namespace}"
 
 
 async def sweep_policy(
     policy: Policy,
-    token: str,
+    sources: SweepSources,
     *,
     previous: Mapping[str, Any] | None = None,
     generation: int | None = None,
-    ca_pem: str | None = None,
-    clock: Clock = utcnow,
-    on_response: Callable[[str], None] | None = None,
-    connection: HubConnection | None = None,
-    pods: PodSource | None = None,
-    memory: SweepMemory | None = None,
-    channel: WarnChannel | None = None,
-    namespace: str | None = None,
-    prometheus: PrometheusAccess | None = None,
-    on_query: Callable[[QueryResult], None] | None = None,
 ) -> SweepOutcome:
-    """Sweep once (unless suspended) and return the status to write.
-
-    With a ``connection`` its kept client is used (and its ``on_response``); otherwise a
-    client is made for this sweep alone. ``pods`` finds the servers' pods (the operator's;
-    ``hubcull sweep`` has none), ``memory`` is what the policy keeps between sweeps (without
-    it, warned servers are warned again each sweep and never stopped for idleness or maxAge)
-    and ``channel`` where ``spec.warn.webhook`` posts go. With ``spec.usage``, ``namespace``
-    is the policy's (its pods' series are read), ``prometheus`` the token and CA for
-    Prometheus, and ``on_query`` counts each query.
-    """
+    """Sweep once (unless suspended) with what ``sources`` carries and return the status to
+    write (``previous``: the status before; ``generation``: the spec's)."""
+    clock = sources.clock
     if policy.suspend:
         return suspended(previous, generation, clock)
-    if policy.needs_pods and pods is None:
+    if policy.needs_pods and sources.pods is None:
         return failed(previous, "InvalidSpec", NEEDS_OPERATOR, generation, clock)
-    if policy.usage is not None and namespace is None:
+    if policy.usage is not None and sources.pods_namespace is None:
         return failed(previous, "InvalidSpec", NEEDS_OPERATOR, generation, clock)
+    connection = sources.connection
     try:
         if connection is not None:
-            client = await connection.client(policy, token, ca_pem)
+            client = await connection.client(policy, sources.token, sources.ca_pem)
         else:
-            client = _new_client(policy, token, ca_pem, on_response)
+            client = new_client(policy, sources.token, sources.ca_pem, sources.on_response)
     except (ssl.SSLError, ValueError) as exc:
         return failed(
             previous,
@@ -255,19 +177,28 @@ async def sweep_policy(
             generation,
             clock,
         )
-    memory = memory or SweepMemory()
-    locator = ServerLocator(policy, pods)  # one pod listing per sweep, for kernels and usage
+    locator = ServerLocator(policy, sources.pods)  # one pod listing per sweep, kernels and usage
     try:
-        usage = _usage_inspection(policy, namespace, prometheus, locator, on_query)
+        usage = _usage_inspection(policy, sources, locator)
     except (ssl.SSLError, ValueError) as exc:
         if connection is None:
             await client.aclose()
         detail = f"the Prometheus CA bundle is not a valid PEM bundle ({exc})"
         advice = "put a PEM bundle in the Secret named by spec.usage.prometheus.caSecretRef"
         return failed(previous, "InvalidSpec", detail, generation, clock, advice)
-    kernels = _kernel_inspection(policy, token, ca_pem, locator, memory)
+    kernels = _kernel_inspection(policy, sources, locator)
+    memory = sources.memory
     try:
-        result = await run_sweep(policy, client, clock, kernels, memory.warnings, channel, usage)
+        result = await run_sweep(
+            policy,
+            client,
+            clock,
+            kernels,
+            memory.warnings,
+            sources.channel,
+            usage,
+            _where(policy, sources),
+        )
     except SweepError as exc:
         log.debug("sweep failed: %s", exc)
         if isinstance(exc, HubAPIError):

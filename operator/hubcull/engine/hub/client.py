@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .errors import SweepError
+from ..errors import SweepError
 
 log = logging.getLogger(__name__)
 

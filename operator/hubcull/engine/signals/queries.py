@@ -32,7 +32,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from .policy import Policy
+from ..rules.policy import Policy
 
 #: The coverage step: at least this long (GPU metrics must be scraped more often) ...
 MIN_STEP_SECONDS = 60.0

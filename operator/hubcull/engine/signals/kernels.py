@@ -18,9 +18,9 @@ from typing import Any, Literal
 
 import httpx
 
-from .hubclient import make_ssl_context
-from .hubmodel import HubDataError, parse_time
-from .signals import KernelActivity
+from ..hub.client import make_ssl_context
+from ..hub.model import HubDataError, parse_time
+from ..rules.signals import KernelActivity
 
 #: Answers larger than this are refused (a server with thousands of kernels, or not Jupyter).
 MAX_ANSWER_BYTES = 1 << 20

@@ -9,28 +9,22 @@ what went wrong is counted and reported (:class:`NotifyReport`). All of a sweep'
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .durations import format_duration
-from .policy import Policy
-from .signals import ServerKey
-from .warnrules import WarnDecision, Warned
+from ..durations import format_duration
+from ..rules.policy import Policy
+from ..rules.signals import ServerKey
+from ..rules.warn import WarnDecision, Warned
+from .records import DELIVERED, EVENT_ONLY, FAILED, CullRecord, NotifyReport, PostFailure
 from .webhook import Webhook
-
-if TYPE_CHECKING:
-    from .sweep import CullRecord
 
 #: Posts in flight at a time (chat webhooks rate-limit: Slack about one message a second).
 CONCURRENCY = 4
 #: Seconds all of one sweep's posts may take together.
 BUDGET_SECONDS = 60.0
-
-#: ``hubcull_warnings_total`` results.
-EVENT_ONLY, DELIVERED, FAILED = "event_only", "delivered", "failed"
 
 
 @dataclass(frozen=True)
@@ -47,39 +41,6 @@ class WarnChannel:
     def label(self) -> str:
         """``namespace/policy``, or ``policy`` without a namespace (``hubcull sweep``)."""
         return f"{self.namespace}/{self.policy}" if self.namespace else self.policy
-
-
-@dataclass(frozen=True)
-class PostFailure:
-    """A post that was not delivered: ``kind`` ``warning`` or ``culled``, for which server,
-    and why (never the URL)."""
-
-    kind: str
-    label: str
-    error: str
-
-
-@dataclass
-class NotifyReport:
-    """What one sweep's warnings and posts came to (``results`` counts
-    ``hubcull_warnings_total``: ``event_only``, ``delivered``, ``failed``)."""
-
-    results: Counter[str] = field(default_factory=Counter)
-    failures: list[PostFailure] = field(default_factory=list)
-
-    @property
-    def posts(self) -> int:
-        """Posts attempted (delivered or failed)."""
-        return self.results[DELIVERED] + self.results[FAILED]
-
-    def summary(self) -> str | None:
-        """``2 of 5 webhook posts failed: HTTP 500 (3 attempts)``, or ``None`` when none
-        failed (at most three different reasons are named)."""
-        if not self.failures:
-            return None
-        reasons = sorted({f.error for f in self.failures})
-        shown = "; ".join(reasons[:3]) + ("; ..." if len(reasons) > 3 else "")
-        return f"{len(self.failures)} of {self.posts} webhook posts failed: {shown}"
 
 
 def isotime(when: datetime) -> str:

@@ -12,7 +12,7 @@ No reading is no information: neither working nor idle.
 
 from __future__ import annotations
 
-from .durations import format_duration
+from ..durations import format_duration
 from .policy import Policy, UsageSpec
 from .signals import UsageReading
 
