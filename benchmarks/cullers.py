@@ -5,11 +5,11 @@
   ``IdleCuller.start()`` passes for ``--timeout``, ``--concurrency`` and ``--api-page-size``.
   Calling it directly times exactly one sweep with no process startup and no guessing from
   logs when a sweep ended.
-* :func:`hubcull_sweep` awaits :func:`hubcull.engine.sweep_policy`, the function behind both
-  ``hubcull sweep --once`` and each of the operator's sweeps, with a policy made of the same
-  settings. :func:`hubcull_engine_sweep` runs the same engine with a client whose
-  concurrency is above what the CullPolicy schema allows (100), to show what a separate,
-  larger limit for stops would give.
+* :func:`hubcull_sweep` awaits :func:`~hubcull.engine.sweep.runner.sweep_policy`, the
+  function behind both ``hubcull sweep --once`` and each of the operator's sweeps, with a
+  policy made of the same settings. :func:`hubcull_engine_sweep` runs the same engine with a
+  client whose concurrency is above what the CullPolicy schema allows (100), to show what a
+  separate, larger limit for stops would give.
 * :func:`direct_stops` is the floor: the fastest listing (pages of 200, all in flight) and
   then every idle server stopped with many requests in flight, to find the Hub's maximum
   stop throughput.
@@ -139,8 +139,8 @@ async def hubcull_sweep(
     page_size: int = 200,
     connection: HubConnection | None = None,
 ) -> SweepRun:
-    """One sweep with :func:`hubcull.engine.sweep_policy` (what ``hubcull sweep`` and the
-    operator run); with ``connection``, on its kept client, as the operator's repeated
+    """One sweep with :func:`~hubcull.engine.sweep.runner.sweep_policy` (what ``hubcull sweep``
+    and the operator run); with ``connection``, on its kept client, as the operator's repeated
     sweeps of one policy do."""
     policy = bench_policy(url, timeout=timeout, concurrency=concurrency, page_size=page_size)
     started = time.monotonic()
@@ -156,8 +156,8 @@ async def hubcull_sweep(
 async def hubcull_engine_sweep(
     url: str, token: str, *, timeout: float, concurrency: int, page_size: int = 200
 ) -> SweepRun:
-    """One sweep of the same engine (:func:`hubcull.engine.sweep.run_sweep`) with a client allowed
-    ``concurrency`` requests in flight, which may exceed the policy's maximum of 100."""
+    """One sweep of the same engine (:func:`~hubcull.engine.sweep.run_sweep`) with a client
+    allowed ``concurrency`` requests in flight, which may exceed the policy's maximum of 100."""
     policy = bench_policy(url, timeout=timeout, concurrency=10, page_size=page_size)
     started = time.monotonic()
     async with HubClient(

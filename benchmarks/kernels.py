@@ -10,7 +10,7 @@ happen, nothing is stopped, the state stays the same) with:
 (b) ``kernels.protectBusy: true``, the servers' token caches empty (a server first probed);
 (b') the same again within 5 minutes (token caches warm: the next sweep of a busy server);
 (c) ``kernels.idleFrom: kernels``, a first sweep (empty not-before memory, token caches empty);
-(d) the second sweep with the memory (:class:`~hubcull.engine.memory.SweepMemory`) kept from
+(d) the second sweep with the memory (:class:`~hubcull.engine.sweep.memory.SweepMemory`) kept from
     (c), within 5 minutes (token caches warm);
 (d') the same memory with the token caches expired (sweeps ``every`` 5 minutes or more, such
     as the default 10m).

@@ -8,12 +8,12 @@ each with ``idleTimeout`` plus a quarter of an hour of history written through r
 (so the windows are full, as in a cluster that has been running for a while). Then:
 
 1. **The queries**: each of the three instant queries a sweep sends (the default templates
-   rendered as :func:`hubcull.engine.usagequeries.usage_queries` renders them), repeated:
+   rendered as :func:`hubcull.engine.signals.queries.usage_queries` renders them), repeated:
    its median time seen by the client, Prometheus's own evaluation time and samples
    (``stats=all``), the rows it returns, and the CPU Prometheus spends on it (the process's
    CPU time during the repetitions minus its idle rate, measured just before).
 2. **The sweep**: a real JupyterHub (the tests' FakeSpawner Hub) with one running server per
-   pod, swept by the engine (:func:`hubcull.engine.runner.sweep_policy`, dry run, a kept Hub
+   pod, swept by the engine (:func:`hubcull.engine.sweep.runner.sweep_policy`, dry run, a kept Hub
    client as the operator keeps one) with and without ``spec.usage``, sweeps interleaved:
    median sweep times and their ratio. Pods come from a static pod lookup (the operator's
    pod listing is one ``LIST`` shared with ``spec.kernels``; it is not measured here).

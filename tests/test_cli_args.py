@@ -26,7 +26,8 @@ CLUSTER_URL = "http://hub:8081/hub/api"
         (["sweep", "-v", "-f", "p.yaml"], logging.INFO),
         (["sweep", "-f", "p.yaml", "-vv"], logging.DEBUG),
         (["-v", "sweep", "-f", "p.yaml", "--verbose"], logging.DEBUG),  # they add up
-        (["run", "--namespace", "jhub", "-v"], logging.INFO),
+        (["run", "--namespace", "jhub"], logging.INFO),  # the operator: a line per action
+        (["run", "--namespace", "jhub", "-v"], logging.DEBUG),
         (["-vvv", "run"], logging.DEBUG),
     ],
 )

@@ -9,9 +9,9 @@ JupyterHub. For every fault the tests check that
 * the ``Ready`` reason and message name the fault,
 * the next sweep after the fault clears culls exactly the idle servers,
 
-first at the engine level (``hubcull.engine.sweep_policy`` through the proxy) for the whole
-matrix, then end to end with the operator for a representative subset, next to a policy that
-talks to the Hub directly and keeps culling meanwhile.
+first at the engine level (``sweep_policy`` through the proxy) for the whole matrix, then end to
+end with the operator for a representative subset, next to a policy that talks to the Hub
+directly and keeps culling meanwhile.
 
 The Hub: six users ``u0``..``u5`` with one server each; ``u1``, ``u3``, ``u5`` idle for 2h,
 the others active a minute ago. ``pageSize: 2`` makes the listing three pages (offsets 0, 2

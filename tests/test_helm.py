@@ -687,6 +687,37 @@ def test_inspect_servers_grants_pods_in_the_served_namespaces_only():
 
 
 @pytest.mark.helm
+def test_pod_namespaces_get_the_pod_rules_and_egress():
+    """spec.kernels.podNamespace: podNamespaces gives the operator the same pod permissions
+    (and egress) in namespaces it does not serve; a served one is not granted twice."""
+    values = {
+        "inspectServers": True,
+        "podNamespaces": ["users", "a"],
+        "watch": {"namespaces": ["a"]},
+        "networkPolicy": {"enabled": True},
+    }
+    objects = render(values)
+    roles = {r["metadata"]["namespace"]: r for r in find(objects, "Role")}
+    assert sorted(roles) == ["a", "users"]
+    assert _rules(roles["users"]) == POD_RULES
+    bindings = {b["metadata"]["namespace"]: b for b in find(objects, "RoleBinding")}
+    assert bindings["users"]["roleRef"]["name"] == roles["users"]["metadata"]["name"]
+    (rule,) = _egress_to(one(objects, "NetworkPolicy")["spec"], 8888)
+    assert [
+        p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in rule["to"]
+    ] == ["a", "users"]
+    without = find(render({"podNamespaces": ["users"]}), "Role")  # inspectServers off
+    assert [r["metadata"]["namespace"] for r in without] == [NAMESPACE]
+
+
+@pytest.mark.helm
+def test_log_format_json_reaches_hubcull_run():
+    args = container(render({"logFormat": "json"}))["args"]
+    assert args[args.index("--log-format") + 1] == "json"
+    assert "--log-format" not in container(render())["args"]  # text is hubcull's default
+
+
+@pytest.mark.helm
 def test_prometheus_egress_only_when_configured():
     """networkPolicy.prometheus: off by default; namespaces and/or pod labels select the
     Prometheus pods on its port."""

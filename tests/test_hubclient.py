@@ -117,7 +117,7 @@ async def test_a_plain_list_or_a_broken_page_is_an_error_not_a_partial_listing()
 async def test_version_and_scopes_are_remembered_for_a_while_and_forgotten_on_403(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import hubcull.engine.hubclient as hubclient
+    import hubcull.engine.hub.client as hubclient
 
     now = [1000.0]
     monkeypatch.setattr(hubclient.time, "monotonic", lambda: now[0])

@@ -14,6 +14,7 @@ from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.jupyter import JupyterServer, ServerLocation, start_server
 from tests.support.kube import Kube
 from tests.support.operator_env import (
+    CULLPOLICIES,
     NS,
     condition,
     cullpolicy,
@@ -120,3 +121,66 @@ async def test_a_refused_pod_listing_culls_nothing_and_names_the_permission(
             return events
 
         await kube.wait_for(sweep_failed_event)
+
+
+async def test_pods_in_another_namespace_hold_the_servers_until_pod_namespace_says_where(
+    kube: Kube, jupyter_hub: Hub, servers: dict[str, ServerLocation]
+) -> None:
+    """A common layout: the CullPolicy in the operator's namespace, the servers' pods in the
+    Hub's. Without spec.kernels.podNamespace no server has a pod where the operator looks:
+    that is the setup, not the servers, so nothing is stopped (not even bob, idle with no
+    kernel), Ready is False with ProbesFailing and a Warning Event says the same. With
+    podNamespace the probes work: ann's busy kernel keeps her server, bob is culled."""
+    hub = jupyter_hub
+    users_ns = "jhub-users"
+    for user in USERS:
+        if not ((await hub.get_user(user))["servers"].get("") or {}).get("ready"):
+            servers[user] = await start_server(hub, user)
+        await hub.set_times(user, "", last_activity=ago(7200))
+    token = await hub.token([*MINIMAL_SCOPES, "access:servers"])
+    await kube.create_namespace(users_ns)
+    for user, location in servers.items():
+        pod = singleuser_pod(user, port=location.port, namespace=users_ns)
+        await create_pod(kube, pod, ip="127.0.0.1")
+    async with JupyterServer(servers["ann"].direct_url, token) as ann:
+        kernel = await ann.start_kernel()
+        await ann.run_code(kernel["id"], SILENT, wait=False)
+        await ann.wait_kernel(kernel["id"], "busy")
+        async with hubcull_operator(kube):
+            await kube.create(secret(token))
+            spec = {"idleTimeout": "1h", "every": "10s", "selector": {"users": list(USERS)}}
+            await kube.create(cullpolicy(hub, kernels={"protectBusy": True}, **spec))
+
+            async def holding() -> dict:
+                status = await policy_status(kube)
+                assert condition(status, "Ready").get("reason") == "ProbesFailing", status
+                return status
+
+            status = await kube.wait_for(holding, timeout=30)
+            ready = condition(status, "Ready")
+            assert ready["status"] == "False"
+            assert f"namespace {NS}" in ready["message"] and "podNamespace" in ready["message"]
+            assert "first error: " in ready["message"]
+            assert status["probeFailedLastSweep"] == 2 and status["culledLastSweep"] == 0
+            assert {("ann", ""), ("bob", "")} <= await hub.running_servers()
+
+            async def warned() -> list[dict]:
+                events = await kube.events_for(NS, "default")
+                found = [e for e in events if e["reason"] == "ProbesFailing"]
+                assert found and found[0]["type"] == "Warning", events
+                return found
+
+            assert "podNamespace" in (await kube.wait_for(warned))[0]["message"]
+            patch = {"spec": {"kernels": {"protectBusy": True, "podNamespace": users_ns}}}
+            await kube.patch(CULLPOLICIES, NS, "default", patch)
+
+            async def culled() -> dict:
+                status = await policy_status(kube)
+                assert status.get("culledTotal") == 1, status
+                return status
+
+            status = await kube.wait_for(culled, timeout=30)
+        assert condition(status, "Ready")["reason"] == "SweepSucceeded"
+        assert (status["serversProtected"], status["probeFailedLastSweep"]) == (1, 0)
+        assert [c["user"] for c in status["recentCulls"]] == ["bob"]
+        assert ("ann", "") in await hub.running_servers()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import os
 import secrets as pysecrets
@@ -42,7 +43,7 @@ from tests.support.operator_env import (
     policy_status,
     secret,
 )
-from tests.support.scenario import populate
+from tests.support.scenario import ago, populate
 from tests.support.webhook import WebhookReceiver
 
 HUBCULL = str(Path(sys.executable).with_name("hubcull"))
@@ -185,6 +186,24 @@ async def test_token_not_in_debug_output_of_hubcull_run_and_sweep(
         output = log.read_text()
         assert " DEBUG " in output and "kopf" in output
         assert_absent(token, "hubcull run -vv output", output)
+
+        # the default level (INFO: a line per sweep and action) as JSON, as Loki gets it
+        await hub.spawn("idle")
+        await hub.set_times("idle", "", last_activity=ago(2 * HOUR))
+        log = tmp_path / "json.log"
+        command = [HUBCULL, "run", "--namespace", NS, "--log-format", "json"]
+        async with run_operator_process(kube, command, log_path=log) as op:
+
+            async def culled_again() -> bool:
+                return (await policy_status(kube, "good")).get("culledTotal") == 2
+
+            await kube.wait_for(culled_again, timeout=60)
+            await op.wait_for_output('"reason": "Unauthorized"', timeout=30)
+        output = log.read_text()
+        events = [json.loads(line) for line in output.splitlines() if line.strip()]
+        assert any(e.get("event") == "stop" and e.get("user") == "idle" for e in events)
+        assert any(e.get("reason") == "Unauthorized" for e in events), output
+        assert_absent(token, "hubcull run --log-format json output", output)
 
         # hubcull sweep -vv, token from the environment and from a file
         manifest = tmp_path / "policy.yaml"

@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from hubcull.engine.rules.policy import parse_spec
-from hubcull.engine.signals.queries import coverage_step, promql_duration, render, usage_queries
+from hubcull.engine.signals.queries import (
+    coverage_step,
+    promql_duration,
+    render,
+    usage_queries,
+)
 
 REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "cullpolicy-api.md"
 HUB = {"url": "http://hub:8081/hub/api", "tokenSecretRef": {"name": "hub", "key": "t"}}

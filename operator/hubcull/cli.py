@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from . import logs
 from .engine.durations import format_duration
 from .engine.rules.policy import Policy, PolicyError, parse_spec
 from .engine.sweep.connection import HubConnection
@@ -378,7 +379,7 @@ def _verbosity() -> argparse.ArgumentParser:
         dest="verbose_after",
         action="count",
         default=0,
-        help="more logging (-vv: debug)",
+        help="more logging: -v debug lines of hubcull, -vv also the HTTP client and kopf",
     )
     return parent
 
@@ -443,6 +444,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch all namespaces")
     run.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics here")
+    run.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text lines (default) or one JSON object per line (Loki, Elasticsearch)",
+    )
     run.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     peering = run.add_mutually_exclusive_group()
     peering.add_argument(
@@ -456,18 +463,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _verbosity_of(args: argparse.Namespace) -> int:
+    return args.verbose + args.verbose_after
+
+
 def log_level(args: argparse.Namespace) -> int:
-    """WARNING, INFO with ``-v``, DEBUG with ``-vv``, counting ``-v`` on both sides of the
-    subcommand."""
-    return logging.WARNING - 10 * min(args.verbose + args.verbose_after, 2)
+    """The level of hubcull's own lines: INFO for ``hubcull run`` (one line per sweep and per
+    action), WARNING for ``hubcull sweep`` (it prints its decisions itself); one level more
+    per ``-v``, counted on both sides of the subcommand."""
+    return max(_default_level(args) - 10 * _verbosity_of(args), logging.DEBUG)
+
+
+def _default_level(args: argparse.Namespace) -> int:
+    return logging.INFO if args.command == "run" else logging.WARNING
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hubcull`` console script."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=log_level(args), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(_verbosity_of(args), getattr(args, "log_format", "text"), _default_level(args))
     try:
         if args.command == "sweep":
             return sweep_command(args)

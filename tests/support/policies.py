@@ -424,6 +424,13 @@ BAD_POLICIES: list[Bad] = [
         "pattern",
     ),
     Bad(
+        "kernels-podNamespace-not-a-name",
+        spec(kernels={"protectBusy": True, "podNamespace": "Jhub_Users"}),
+        "schema",
+        "spec.kernels.podNamespace",
+        "pattern",
+    ),
+    Bad(
         "kernels-timeout-too-long",
         spec(kernels={"protectBusy": True, "timeout": "2m"}),
         "cel",

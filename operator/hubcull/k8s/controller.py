@@ -15,8 +15,10 @@ from ..engine.clock import Clock, utcnow
 from ..engine.durations import format_duration
 from ..engine.rules.policy import DEFAULT_EVERY_SECONDS, Policy, PolicyError, parse_spec
 from ..engine.sweep.connection import HubConnection
+from ..engine.sweep.logs import sweep_log
 from ..engine.sweep.memory import SweepMemory
 from ..engine.sweep.notify import WarnChannel
+from ..engine.sweep.records import SweepResult
 from ..engine.sweep.runner import (
     SweepOutcome,
     TokenError,
@@ -249,28 +251,62 @@ class PolicyController:
             )
             if outcome.reason != "Suspended":
                 log.warning(
-                    "sweep of %s/%s failed: %s: %s",
+                    "%s/%s: sweep failed: %s: %s",
                     self.namespace,
                     self.name,
                     outcome.reason,
                     outcome.message,
+                    extra={"fields": self._fields(event="sweepFailed", reason=outcome.reason)},
                 )
                 self._failure_event(outcome)
             return
-        self._last_failure = (None, 0.0)
+        if policy is not None:
+            self._log(policy, result)
+        if result.problems:
+            self._problem_event(outcome)
+        else:
+            self._last_failure = (None, 0.0)
         self.metrics.record_sweep(self.namespace, self.name, result)
         self._warning_events(outcome)
         self._cull_events(outcome)
         if result.held_back and policy is not None:
             self.post_event("Warning", "Throttled", throttle_message(result, policy))
 
-    def _failure_event(self, outcome: SweepOutcome) -> None:
-        reason, last = self._last_failure
+    def _fields(self, **fields: Any) -> dict[str, Any]:
+        return {"namespace": self.namespace, "policy": self.name, **fields}
+
+    def _log(self, policy: Policy, result: SweepResult) -> None:
+        """One line per action and one for the sweep (see :mod:`hubcull.engine.sweep.logs`)."""
+        for line in sweep_log(policy, result):
+            log.log(
+                line.level,
+                "%s/%s: %s",
+                self.namespace,
+                self.name,
+                line.message,
+                extra={"fields": self._fields(**line.fields)},
+            )
+
+    def _repeated(self, reason: str | None) -> bool:
+        """True when a failure of ``reason`` was posted as an event recently; else note it."""
+        last_reason, last = self._last_failure
         now = time.monotonic()
-        if reason == outcome.reason and now - last < REPEAT_FAILURE_EVENT_AFTER:
-            return
-        self._last_failure = (outcome.reason, now)
-        self.post_event("Warning", "SweepFailed", f"{outcome.reason}: {outcome.message}")
+        if reason == last_reason and now - last < REPEAT_FAILURE_EVENT_AFTER:
+            return True
+        self._last_failure = (reason, now)
+        return False
+
+    def _failure_event(self, outcome: SweepOutcome) -> None:
+        if not self._repeated(outcome.reason):
+            self.post_event("Warning", "SweepFailed", f"{outcome.reason}: {outcome.message}")
+
+    def _problem_event(self, outcome: SweepOutcome) -> None:
+        """A Warning event for what held servers in a sweep that ran (``ProbesFailing``,
+        ``UsageEmpty``), with the Ready message; repeated at most every
+        :data:`REPEAT_FAILURE_EVENT_AFTER`."""
+        ready = next(c for c in outcome.status["conditions"] if c["type"] == "Ready")
+        if not self._repeated(ready["reason"]):
+            self.post_event("Warning", ready["reason"], ready["message"])
 
     def _warning_events(self, outcome: SweepOutcome) -> None:
         """One ``CullWarning`` per warning (all of them: users rely on each)."""

@@ -1,5 +1,5 @@
 """The servers' pods, found the way KubeSpawner labels and annotates them: the operator's
-implementation of the engine's :class:`~hubcull.engine.pods.PodSource`."""
+implementation of the engine's :class:`~hubcull.engine.signals.pods.PodSource`."""
 
 from __future__ import annotations
 

@@ -146,6 +146,10 @@ OVERRIDE (a policy's `dryRun: false` beats `policyDefaults.dryRun: true`).
 - {{ . | quote }}
 {{- end }}
 {{- end }}
+{{- if eq .Values.logFormat "json" }}
+- --log-format
+- json
+{{- end }}
 {{- if .Values.metrics.enabled }}
 - --metrics-port
 - {{ .Values.metrics.port | quote }}
@@ -188,11 +192,7 @@ comments in templates/rbac.yaml). Argument: the root context.
   resources: ["events"]
   verbs: ["create"]
 {{- if .Values.inspectServers }}
-# inspectServers (spec.kernels via: pods): list the singleuser pods of a policy's namespace
-# (component=singleuser-server) to find each server's pod IP and port; get reads one pod.
-- apiGroups: [""]
-  resources: ["pods"]
-  verbs: ["get", "list"]
+{{- include "hubcull.podRules" . }}
 {{- end }}
 {{- if .Values.watch.allNamespaces }}
 # Cluster mode only: kopf (unless run with settings.scanning.disabled) watches CRDs to notice
@@ -316,4 +316,15 @@ spec:
   tolerations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end }}
+
+{{- /*
+The pod rules of inspectServers, in the served namespaces and in podNamespaces.
+*/}}
+{{- define "hubcull.podRules" }}
+# inspectServers (spec.kernels via: pods): list the singleuser pods of a policy's namespace
+# (component=singleuser-server) to find each server's pod IP and port; get reads one pod.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list"]
 {{- end }}

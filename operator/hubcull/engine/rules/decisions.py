@@ -3,8 +3,8 @@
 Nothing here talks to the Hub or a server or reads a clock, so every rule can be tested on its
 own and ``hubcull sweep`` and the operator decide identically. What the servers themselves say
 (kernel probes) and what their pods do (Prometheus) is gathered before and comes in as
-:mod:`~hubcull.engine.signals`; warnings given in earlier sweeps (``spec.warn``) come in as
-:class:`~hubcull.engine.warnrules.Warned`.
+:mod:`~hubcull.engine.rules.signals`; warnings given in earlier sweeps (``spec.warn``) come in as
+:class:`~hubcull.engine.rules.warn.Warned`.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def protection(policy: Policy, signals: ServerSignals | None) -> str | None:
 
     With ``kernels.protectBusy`` a busy kernel keeps its server unless it has been busy and
     silent longer than ``kernels.maxBusy``; with ``spec.usage`` so does a pod that is working
-    (:mod:`~hubcull.engine.usagerules`).
+    (:mod:`~hubcull.engine.rules.usage`).
     """
     if signals is None:
         return None

@@ -1,6 +1,6 @@
 """What a sweep learns about servers besides the Hub's listing, gathered before deciding.
 
-:func:`~hubcull.engine.decisions.decide` stays pure: probes of the servers' kernels (and, with
+:func:`~hubcull.engine.rules.decisions.decide` stays pure: probes of the servers' kernels (and, with
 ``spec.usage``, Prometheus readings) happen first, and their results reach it as these values.
 A server with no signal, or a failed probe, is judged by the Hub's ``last_activity`` alone.
 """

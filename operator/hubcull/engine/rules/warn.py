@@ -2,8 +2,8 @@
 may be stopped.
 
 A warning given in one sweep is remembered (:class:`Warned`, kept by
-:class:`~hubcull.engine.memory.WarnMemory`) and comes back into
-:func:`~hubcull.engine.decisions.decide` as data. The rules:
+:class:`~hubcull.engine.sweep.memory.WarnMemory`) and comes back into
+:func:`~hubcull.engine.rules.decisions.decide` as data. The rules:
 
 * a server that would be stopped for idleness, ``idleGPU`` or ``maxAge`` within ``before`` (if
   nothing changes) and has no warning that still applies is warned now, and may be stopped

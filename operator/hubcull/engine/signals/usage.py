@@ -1,7 +1,7 @@
 """Reading what the servers' pods do from Prometheus before deciding (``spec.usage``).
 
 One instant query per signal per sweep covers every pod of the namespace
-(:mod:`~hubcull.engine.usagequeries`); its rows are mapped to servers through the same pod
+(:mod:`~hubcull.engine.signals.queries`); its rows are mapped to servers through the same pod
 listing as ``spec.kernels`` (pod name -> server), by the rows' ``namespace`` and ``pod``
 labels, else ``exported_namespace`` and ``exported_pod``. A server without rows gets no
 reading: unknown, so the Hub (and ``spec.kernels``) decide for it. A query that fails

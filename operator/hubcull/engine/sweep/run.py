@@ -33,7 +33,6 @@ async def _stop(client: HubClient, d: ServerDecision, now: datetime) -> CullReco
     try:
         outcome = await client.stop_server(d.user, d.server, remove=d.remove)
     except HubAPIError as exc:
-        log.warning("failed to stop %s: %s", d.label, exc)
         return CullRecord(
             d.user,
             d.server,
@@ -86,7 +85,6 @@ async def _delete_user(
             return None
         outcome = await client.delete_user(d.user)
     except (HubAPIError, HubDataError) as exc:
-        log.warning("failed to delete user %s: %s", d.user, exc)
         return UserCullRecord(d.user, d.idle_seconds, now, False, "failed", str(exc))
     return UserCullRecord(d.user, d.idle_seconds, now, False, outcome)
 
