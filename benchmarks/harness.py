@@ -257,12 +257,15 @@ class HubLog:
             log.seek(start)
             return log.read().decode(errors="replace")
 
-    async def requests_since(self, start: int, who: str = CULLER_IDENTITY) -> list[Request]:
-        """Requests by ``who`` logged since ``start`` (flushes the log first)."""
+    async def requests_since(
+        self, start: int, who: str | None = CULLER_IDENTITY
+    ) -> list[Request]:
+        """Requests by ``who`` (``None``: anyone) logged since ``start`` (flushes the log
+        first)."""
         await self.flush()
         requests = []
         for match in ACCESS_LINE.finditer(self._read(start)):
-            if match["who"] == who:
+            if who is None or match["who"] == who:
                 requests.append(
                     Request(
                         int(match["status"]),

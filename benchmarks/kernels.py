@@ -21,9 +21,11 @@ checked against what the contract says it must decide on this state (who is prob
 kept, who would be stopped), computed here from the plan, not from the engine.
 
 Hub CPU is the Hub process's CPU time (``/proc``, user + system) around each sweep; Hub
-requests are the Hub's access-log lines of the token's owner in that window (the engine's
-listing and the servers' token checks both use the probe token); the token checks among them
-are what the fake servers counted.
+requests are the Hub's access-log lines in that window (the engine's listing with the
+policy's token, the creations of probe tokens the first time a server is probed, and the
+servers' token checks with those per-server tokens, which belong to the servers' users); the
+token checks among them are what the fake servers counted. One token source is kept for the
+whole scenario, as the operator keeps one per policy (scenario 5 measures its cost).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from benchmarks.harness import (
     user_name,
 )
 from hubcull.engine.rules.policy import Policy, parse_spec
+from hubcull.engine.signals.probetokens import ProbeTokens
 from hubcull.engine.sweep.memory import SweepMemory
 from hubcull.engine.sweep.records import SweepResult
 from hubcull.engine.sweep.runner import sweep_policy
@@ -535,6 +538,7 @@ async def _sweep_once(
     policy: Policy,
     token: str,
     memory: SweepMemory,
+    probe_tokens: ProbeTokens,
 ) -> tuple[KernelSweep, SweepResult, dict[str, Any]]:
     """One dry-run sweep with the meters around it (the same as scenarios 1 and 2, plus the
     fake servers' CPU and counters)."""
@@ -546,7 +550,8 @@ async def _sweep_once(
     hub0, fake0 = cpu_seconds(bench.pid), cpu_seconds(fake.pid)
     proxy0 = cpu_seconds(proxy) if proxy else 0.0
     started = time.monotonic()
-    outcome = await sweep_policy(policy, SweepSources(token, memory=memory))
+    sources = SweepSources(token, memory=memory, probe_tokens=probe_tokens)
+    outcome = await sweep_policy(policy, sources)
     seconds = time.monotonic() - started
     hub1, fake1 = cpu_seconds(bench.pid), cpu_seconds(fake.pid)
     proxy1 = cpu_seconds(proxy) if proxy else 0.0
@@ -555,7 +560,8 @@ async def _sweep_once(
         raise SweepFailed(f"hubcull sweep failed: {outcome.reason}: {outcome.message}")
     result = outcome.result
     stats = await fake.stats()
-    requests = await log.requests_since(mark)
+    # anyone: the servers check the probe tokens, which belong to the servers' users
+    requests = await log.requests_since(mark, who=None)
     sweep = KernelSweep(
         variant="",
         round=0,
@@ -588,7 +594,10 @@ async def scenario4(config: Any, workdir: Path, progress: Progress) -> Scenario4
     try:
         bench = BenchHub(hub, spawn_concurrency=config.spawn_concurrency)
         await bench.ensure_running(plan.count)
-        token = await hub.token([*MINIMAL_SCOPES, "access:servers"], note="bench-kernels")
+        # the probes carry per-server tokens, kept for the whole scenario as the operator
+        # keeps them (scenario 5 measures what making them costs)
+        token = await hub.token([*MINIMAL_SCOPES, "tokens"], note="bench-kernels")
+        probe_tokens = ProbeTokens()
         log = HubLog(hub)
         async with fake_jupyter(hub_api_direct(hub), workdir / "fakejupyter.log") as fake:
             setup0 = time.monotonic()
@@ -618,7 +627,7 @@ async def scenario4(config: Any, workdir: Path, progress: Progress) -> Scenario4
                         memory = SweepMemory()
                     progress(f"scenario 4: round {round_ + 1}/{config.s4_rounds}: {variant.label}")
                     sweep, swept, stats = await _sweep_once(
-                        bench, log, fake, policies[variant.key], token, memory
+                        bench, log, fake, policies[variant.key], token, memory, probe_tokens
                     )
                     sweep.variant, sweep.round = variant.key, round_ + 1
                     elapsed = time.monotonic() - applied

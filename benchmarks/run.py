@@ -33,6 +33,8 @@ from benchmarks import report
 from benchmarks.harness import BenchHub
 from benchmarks.kernels import Scenario4
 from benchmarks.kernels import scenario4 as run_scenario4
+from benchmarks.probetokens import Scenario5, scenario5_table
+from benchmarks.probetokens import scenario5 as run_scenario5
 from benchmarks.scenarios import Config, Scenario1, Scenario2, Scenario3, scenario1, scenario2
 from benchmarks.scenarios import scenario3 as run_scenario3
 
@@ -51,6 +53,7 @@ QUICK = {
     "s4_servers": 100,
     "s4_idle": 20,
     "s4_rounds": 1,
+    "s5_servers": 100,
 }
 
 
@@ -60,8 +63,8 @@ def _concurrencies(text: str) -> tuple[int, ...]:
 
 def _scenarios(text: str) -> set[int]:
     chosen = {int(part) for part in text.split(",") if part.strip()}
-    if not chosen <= {1, 2, 3, 4}:
-        raise argparse.ArgumentTypeError("scenarios are 1, 2, 3 and 4")
+    if not chosen <= {1, 2, 3, 4, 5}:
+        raise argparse.ArgumentTypeError("scenarios are 1, 2, 3, 4 and 5")
     return chosen
 
 
@@ -74,8 +77,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Config]:
     add(
         "--scenarios",
         type=_scenarios,
-        default={1, 2, 3, 4},
-        help="comma-separated, default 1,2,3,4",
+        default={1, 2, 3, 4, 5},
+        help="comma-separated, default 1,2,3,4,5",
     )
     add("--timeout", type=float, help=f"idle timeout in seconds ({defaults.timeout:.0f})")
     add("--concurrency", type=int, help=f"both cullers' concurrency ({defaults.concurrency})")
@@ -114,6 +117,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Config]:
     add("--s4-servers", type=int, help=f"scenario 4 running servers ({defaults.s4_servers})")
     add("--s4-idle", type=int, help=f"scenario 4 servers idle by the Hub ({defaults.s4_idle})")
     add("--s4-rounds", type=int, help=f"scenario 4 rounds of every variant ({defaults.s4_rounds})")
+    add("--s5-servers", type=int, help=f"scenario 5 running servers ({defaults.s5_servers})")
+    add("--s5-minutes", type=int, help=f"scenario 5 sweeps ({defaults.s5_minutes})")
+    add(
+        "--s5-every",
+        type=float,
+        help=f"scenario 5 simulated sweep interval ({defaults.s5_every:.0f} s)",
+    )
     add("--workdir", type=Path, help="where Hubs and logs go (default: a new temporary directory)")
     add("--keep", action="store_true", help="keep the work directory (always kept on failure)")
     add("--json", type=Path, help="also write the raw results here")
@@ -191,6 +201,7 @@ class Results:
     s2: Scenario2 | None = None
     s3: Scenario3 | None = None
     s4: Scenario4 | None = None
+    s5: Scenario5 | None = None
     seconds: float = 0.0
 
 
@@ -227,6 +238,9 @@ async def run(config: Config, scenarios: set[int], workdir: Path, command: str) 
     if 4 in scenarios:
         results.s4 = await run_scenario4(config, workdir, progress)
         print(report.scenario4_table(results.s4) + "\n", flush=True)
+    if 5 in scenarios:
+        results.s5 = await run_scenario5(config, workdir, progress)
+        print(scenario5_table(results.s5) + "\n", flush=True)
     results.seconds = time.monotonic() - started
     return results
 
@@ -278,6 +292,18 @@ def render(results: Results) -> str:
             report.scenario4_probed_table(s4),
             "",
             f"The idle Hub used {100 * s4.idle_hub_cpu:.1f} % of a core before the sweeps.",
+        ]
+    if results.s5:
+        s5 = results.s5
+        parts += [
+            "",
+            f"### 5. Probe tokens: {s5.servers} servers probed at each of {s5.minutes} sweeps "
+            f"every {s5.every:g} s (simulated), tokens of {s5.lifetime} s renewed "
+            f"{s5.renew_before:g} s before expiry",
+            "",
+            scenario5_table(s5),
+            "",
+            f"The idle Hub used {100 * s5.idle_hub_cpu:.1f} % of a core before the phases.",
         ]
     parts += [
         "",

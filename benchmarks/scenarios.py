@@ -80,6 +80,9 @@ class Config:
     s4_servers: int = 1000
     s4_idle: int = 200
     s4_rounds: int = 11
+    s5_servers: int = 1000
+    s5_minutes: int = 60
+    s5_every: float = 60.0
     spawn_concurrency: int = 64
 
 

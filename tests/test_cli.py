@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.cli import HUBCULL, hubcull, manifest, start_hubcull
+from tests.support.cli import HUBCULL, hubcull, manifest, readme_section, start_hubcull
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.scenario import TOKEN_REF, populate
+from tests.support.webhook import WebhookReceiver
 
 pytestmark = pytest.mark.hub
 
@@ -89,14 +90,6 @@ async def test_o_yaml_prints_one_cullpolicy_document_per_policy(hub: Hub, tmp_pa
     assert doc["status"]["culledLastSweep"] == 1 and doc["status"]["serversRunning"] == 2
 
 
-def readme_section(title: str) -> str:
-    """The text of the README section whose heading starts with ``title``."""
-    text = (ROOT / "README.md").read_text()
-    start = text.index(f"\n## {title}")
-    end = text.find("\n## ", start + 1)
-    return text[start : end if end != -1 else None]
-
-
 async def test_readmes_typical_setup_sweeps_every_policy_of_every_file(
     hub: Hub, tmp_path: Path
 ) -> None:
@@ -156,7 +149,8 @@ async def test_readmes_sweep_commands_run_as_written(hub: Hub, tmp_path: Path) -
     )
     section = readme_section("Try a policy against your Hub")
     commands = [line.split("#")[0].split() for line in section.splitlines()]
-    commands = [c for c in commands if c[:2] == [".venv/bin/hubcull", "sweep"]]
+    gpu = [".venv/bin/hubcull", "sweep", "-f", "examples/gpu-profile.yaml"]
+    commands = [c for c in commands if c[:4] == gpu]  # examples/kernels.yaml: test_kernels_hub
     assert len(commands) == 2 and all("--hub-url" in c for c in commands)
     url = commands[0][commands[0].index("--hub-url") + 1]
     assert url == "http://127.0.0.1:8081/hub/api"  # where `kubectl port-forward` puts it
@@ -206,9 +200,11 @@ async def test_sweep_exits_non_zero_with_one_line_reasons(hub: Hub, tmp_path: Pa
     token = await hub.token(MINIMAL_SCOPES)
     code, out, err = await hubcull("sweep", "-f", str(good), "-f", str(down), "--once", token=token)
     assert code == 1, err
-    assert err.startswith("hubcull: [down] HubUnreachable: ") and err.count("\n") == 1
+    # each failure once: on stderr, not repeated on stdout
+    assert err.startswith("hubcull: [down] sweep failed, Ready False (HubUnreachable): ")
+    assert err.count("\n") == 1 and "check spec.hub.url" in err
     assert "[try] swept 0 running servers" in out
-    assert "[down] sweep failed, Ready False (HubUnreachable): " in out
+    assert "[down]" not in out and "HubUnreachable" not in out
     bad = manifest(tmp_path / "bad.yaml", hub.api_url, every="1s", idleTimeout="5w")
     code, _, err = await hubcull("sweep", "-f", str(bad), "--once", token="x")
     assert code == 2 and "spec.every" in err and "spec.idleTimeout" in err
@@ -262,3 +258,39 @@ async def test_real_singleuser_server_is_culled(hub: Hub) -> None:
     outcome = await sweep(hub, await hub.token(MINIMAL_SCOPES))
     assert outcome.result is not None and [c.label for c in outcome.result.culled] == ["real"]
     assert await hub.running_servers() == set()
+
+
+async def test_hub_url_errors_name_the_option_and_a_404_hints_at_the_base_url(
+    hub: Hub, webhook: WebhookReceiver, tmp_path: Path
+) -> None:
+    """A policy tried with --hub-url: errors say --hub-url, not spec.hub.url. A URL that
+    already ends in /hub/api but is not the Hub's API (a 404 from whatever listens there,
+    like z2jh's proxy-api port; a base_url prefix the Hub does not have) is not told to end
+    in /hub/api but to check the host, port and base URL."""
+    path = manifest(tmp_path / "p.yaml", "http://hub:8081/hub/api")
+    token = await hub.token(MINIMAL_SCOPES)
+    webhook.respond(404)  # an HTTP server that is not the Hub
+    not_hub = f"{webhook.base_url}/hub/api"
+    code, out, err = await hubcull(
+        "sweep", "-f", str(path), "--once", "--hub-url", not_hub, token=token
+    )
+    assert code == 1 and out == "", (out, err)
+    assert err.count("\n") == 1, err
+    assert err.startswith(
+        f"hubcull: [try] sweep failed, Ready False (HubError): --hub-url {not_hub} is not the "
+        "JupyterHub REST API root (it answers 404): the path ends in /hub/api, so check the "
+        "host and port"
+    ), err
+    assert "base URL" in err and "/jupyter/hub/api" in err
+    assert "should end in /hub/api" not in err and "spec.hub.url" not in err
+    # without the option, the file's field is named; the Hub redirects a wrong prefix
+    wrong_base = f"{hub.public_url}/jupyter/hub/api"
+    manifest(path, wrong_base)
+    code, _, err = await hubcull("sweep", "-f", str(path), "--once", token=token)
+    assert code == 1 and f"spec.hub.url {wrong_base} is not the JupyterHub" in err
+    assert "the path ends in /hub/api" in err and "--hub-url" not in err
+    # a URL that does not end in /hub/api is still told to
+    code, _, err = await hubcull(
+        "sweep", "-f", str(path), "--once", "--hub-url", f"{hub.public_url}/hub", token=token
+    )
+    assert code == 1 and "--hub-url" in err and "it should end in /hub/api" in err

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from hubcull.engine.rules.policy import parse_spec
-from tests.support.helm import CHART, REPO, chart_values
+from tests.support.helm import CHART, REPO, chart_values, run_helm
 from tests.support.helm_schema import CRD_FILE, crd_to_jsonschema, crd_version_schema
 
 README = REPO / "README.md"
@@ -145,3 +145,79 @@ def test_kind_doc_kubectl_commands_name_the_namespace():
         if "kubectl cluster-info" in command:
             continue
         assert "--namespace jhub" in command, command
+
+
+def test_readme_reads_the_sweep_token_from_the_z2jh_secret():
+    """`hubcull sweep`'s token comes from the Secret and key the chart's policies use by
+    default: z2jh's Secret `hub`, key `hub.services.hubcull.apiToken` (dots escaped for
+    kubectl's jsonpath)."""
+    ref = chart_values()["policyDefaults"]["hub"]["tokenSecretRef"]
+    key = ref["key"].replace(".", "\\.")
+    command = (
+        f"export JUPYTERHUB_API_TOKEN=$(kubectl get secret {ref['name']} -n jhub "
+        f"-o jsonpath='{{.data.{key}}}' | base64 -d)"
+    )
+    assert command in _readme()
+    assert (ref["name"], ref["key"]) == ("hub", "hub.services.hubcull.apiToken")
+    z2jh = (REPO / "docs" / "z2jh.md").read_text(encoding="utf-8")
+    values = yaml.safe_load(re.search(r"```yaml\n(.*?)```", z2jh, re.S).group(1))
+    assert "apiToken" in values["hub"]["services"]["hubcull"]  # the key's <name> is hubcull
+
+
+def test_readme_states_the_supported_hub_versions_that_the_tests_use():
+    """README's supported JupyterHub majors are the test extra's `jupyterhub>=A,<B`, and the
+    version it says was tested is in that range, as is the JupyterHub the tests run."""
+    import jupyterhub  # the Hub the suite starts
+
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    low, high = map(int, re.search(r'"jupyterhub>=(\d+),<(\d+)"', pyproject).groups())
+    text = " ".join(_readme().split())
+    majors = " and ".join(str(m) for m in range(low, high))
+    assert f"Supported Hubs: JupyterHub {majors}, that is z2jh 4.0.0 or newer" in text
+    assert f"`jupyterhub>={low},<{high}`" in text
+    tested = re.search(r"this release was tested with JupyterHub (\d+)\.\d+\.\d+", text)
+    assert tested and low <= int(tested.group(1)) < high
+    assert low <= int(jupyterhub.__version__.split(".")[0]) < high
+
+
+def _monitoring_commands() -> list[str]:
+    text = (REPO / "docs" / "monitoring.md").read_text(encoding="utf-8")
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+        commands += [line.strip() for line in block.splitlines() if "kubectl " in line]
+    commands += re.findall(r"`(kubectl [^`]*)`", re.sub(r"```.*?```", "", text, flags=re.S))
+    return commands
+
+
+@pytest.mark.helm
+def test_monitoring_runbooks_work_for_any_release_name_and_with_peering():
+    """The runbooks find the operator by label, not by a name that another release name or
+    peering (a StatefulSet instead of a Deployment) changes; the objects they look for carry
+    that label in both layouts, and the scrape config keeps the metrics Service by it."""
+    text = (REPO / "docs" / "monitoring.md").read_text(encoding="utf-8")
+    assert "deploy/hubcull" not in text and 'job="hubcull-metrics"' not in text
+    operator_commands = [
+        c
+        for c in _monitoring_commands()
+        if re.search(r"kubectl (logs|rollout|describe pod|get pods|get service|get kopf)", c)
+    ]
+    assert len(operator_commands) >= 6, operator_commands
+    for command in operator_commands:
+        assert "-l app.kubernetes.io/name=hubcull" in command, command
+    scrape = yaml.safe_load(re.search(r"```yaml\n(scrape_configs:.*?)```", text, re.S).group(1))
+    [keep] = scrape["scrape_configs"][0]["relabel_configs"]
+    for values in ({}, {"replicas": 2, "peering": {"enabled": True}}):
+        result = run_helm(["template", "cull", str(CHART), "--namespace", "jhub"], values)
+        assert result.returncode == 0, result.output
+        objects = [d for d in yaml.safe_load_all(result.stdout) if d]
+        kinds = {o["kind"]: o for o in objects}
+        workload = kinds["StatefulSet" if values else "Deployment"]
+        assert workload["metadata"]["name"] == "cull-hubcull"  # not hubcull
+        for obj in [workload, kinds["Service"], *([kinds["KopfPeering"]] if values else [])]:
+            assert obj["metadata"]["labels"]["app.kubernetes.io/name"] == "hubcull", obj["kind"]
+        pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert pod_labels["app.kubernetes.io/name"] == "hubcull"
+        service = kinds["Service"]
+        [port] = service["spec"]["ports"]
+        seen = ";".join([service["metadata"]["labels"]["app.kubernetes.io/name"], port["name"]])
+        assert re.fullmatch(keep["regex"], seen), seen

@@ -50,6 +50,7 @@ from tests.support.helm_schema import crd_version_schema as crd_schema_of
 FULLNAME = "hubcull"  # release "hubcull" + chart "hubcull" -> just "hubcull"
 CRD_FILE = REPO / "deploy" / "crds" / "cullpolicies.hubcull.io.yaml"
 CHART_CRDS = CHART / "crds"
+CHART_YAML = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))
 #: Kubernetes versions every render is validated against: the chart's minimum and the newest.
 K8S_VERSIONS = ("1.25.0", kubernetes_validate.utils.latest_version())
 
@@ -303,8 +304,8 @@ def test_names_labels_and_namespaces(mode):
         assert labels["app.kubernetes.io/name"] == "hubcull"
         assert labels["app.kubernetes.io/instance"] == RELEASE
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
-        assert labels["helm.sh/chart"] == "hubcull-0.1.0"
-        assert labels["app.kubernetes.io/version"] == "0.1.0"
+        assert labels["helm.sh/chart"] == f"hubcull-{CHART_YAML['version']}"
+        assert labels["app.kubernetes.io/version"] == CHART_YAML["appVersion"]
         if obj["kind"] in CLUSTER_SCOPED:
             assert "namespace" not in meta, key
         else:
@@ -475,7 +476,8 @@ def test_pod_id_names_the_kopf_peer():
 def test_image_tag_defaults_to_app_version_and_digest_wins():
     """The released image by default, tag = appVersion; your own build by repository and
     tag (README's from-source install); a digest pins the image."""
-    assert container(render())["image"] == "ghcr.io/hubcull/hubcull:0.1.0"
+    released = f"ghcr.io/hubcull/hubcull:{CHART_YAML['appVersion']}"
+    assert container(render())["image"] == released
     own = {"image": {"repository": "registry.example/me/hubcull", "tag": "dev-1"}}
     assert container(render(own))["image"] == "registry.example/me/hubcull:dev-1"
     digest = "sha256:" + "a" * 64
@@ -745,8 +747,9 @@ def test_prometheus_egress_only_when_configured():
 
 
 @pytest.mark.helm
-def test_notes_name_the_access_servers_scope_with_inspect_servers():
-    """NOTES.txt: inspectServers needs the Hub token's access:servers scope."""
+def test_notes_name_the_tokens_scope_with_inspect_servers():
+    """NOTES.txt: inspectServers needs the Hub token's tokens scope (the probes' per-server
+    tokens), no longer access:servers, and says the Secret is an admin credential."""
 
     def notes(values):
         result = run_helm(
@@ -755,8 +758,11 @@ def test_notes_name_the_access_servers_scope_with_inspect_servers():
         assert result.returncode == 0, result.output
         return result.stdout.split("NOTES:", 1)[1]
 
-    assert "access:servers" in notes({"inspectServers": True})
-    assert "access:servers" not in notes({})
+    with_kernels = notes({"inspectServers": True})
+    assert "tokens (or a filtered one such as tokens!group=gpu)" in with_kernels
+    assert "admin credential" in with_kernels
+    assert "access:servers" not in with_kernels
+    assert "tokens!group" not in notes({})
 
 
 # --------------------------------------------------------------------------------------------
@@ -904,6 +910,100 @@ def test_policies_need_the_release_namespace_watched():
     result = template(values)
     assert result.returncode != 0
     assert 'policies are created in the release namespace "jhub"' in result.output
+
+
+def _notes(values: dict[str, Any]) -> str:
+    result = run_helm(
+        ["install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client"], values
+    )
+    assert result.returncode == 0, result.output
+    return result.stdout.split("NOTES:", 1)[1]
+
+
+EXTRA_EGRESS = {"to": [{"ipBlock": {"cidr": "10.9.0.0/16"}}], "ports": [{"port": 443}]}
+
+
+@pytest.mark.helm
+@pytest.mark.parametrize(
+    ("values", "opens"),
+    [
+        ({}, "the Hub on port 8081, DNS and the Kubernetes API server, nothing else."),
+        (
+            {
+                "inspectServers": True,
+                "networkPolicy": {
+                    "singleuser": {"port": 8899},
+                    "prometheus": {"namespaces": ["monitoring"], "port": 9091},
+                    "extraEgress": [EXTRA_EGRESS],
+                },
+            },
+            "the Hub on port 8081, DNS, the Kubernetes API server, the singleuser servers on "
+            "port 8899 (inspectServers), Prometheus on port 9091 (networkPolicy.prometheus) and "
+            "the 1 rule(s) of networkPolicy.extraEgress, nothing else.",
+        ),
+    ],
+    ids=["default", "servers-prometheus-extra"],
+)
+def test_notes_say_what_the_network_policy_opens(values, opens):
+    """NOTES.txt names every egress the rendered NetworkPolicy has, not only the Hub's."""
+    values = {**values, "networkPolicy": {"enabled": True, **values.get("networkPolicy", {})}}
+    notes = " ".join(_notes(values).split())
+    assert f"The NetworkPolicy lets the operator reach {opens}" in notes, notes
+    egress = one(render(values), "NetworkPolicy")["spec"]["egress"]
+    dns = set(chart_values()["networkPolicy"]["dns"]["ports"])
+    api = set(chart_values()["networkPolicy"]["apiServer"]["ports"])
+    for rule in egress:
+        ports = {p["port"] for p in rule["ports"]}
+        if ports <= dns or ports <= api or rule == EXTRA_EGRESS:
+            continue
+        assert all(f"port {port}" in opens for port in ports), (rule, opens)
+
+
+PROMETHEUS_USAGE = {"prometheus": {"url": "http://prometheus:9090"}, "busyCPU": 0.5}
+
+
+@pytest.mark.helm
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"policies": {"gpu": {"kernels": {"protectBusy": True}}}},
+            "policies.gpu: spec.kernels with via: pods needs the servers' pods, which the "
+            "operator may list only with inspectServers=true: set it (or kernels.via: proxy "
+            "with kernels.proxyURL).",
+        ),
+        (
+            {"policyDefaults": {"kernels": {"idleFrom": "kernels"}}, "policies": {"a": {}}},
+            "policies.a: spec.kernels with via: pods needs",
+        ),
+        (
+            {"policies": {"gpu": {"usage": PROMETHEUS_USAGE}}},
+            "policies.gpu: spec.usage needs the servers' pods, which the operator may list "
+            "only with inspectServers=true: set it.",
+        ),
+        (
+            {"policies": {"gpu": {"usage": PROMETHEUS_USAGE, "kernels": {"protectBusy": True}}}},
+            "policies.gpu: spec.kernels with via: pods and spec.usage need the servers' pods",
+        ),
+    ],
+    ids=["kernels", "kernels-from-policy-defaults", "usage", "both"],
+)
+def test_policies_that_need_pods_fail_without_inspect_servers(values, message):
+    """A policy from `policies` that needs the servers' pods fails the render with one line
+    unless inspectServers is on; via: proxy needs no pods."""
+    result = template(values)
+    assert result.returncode != 0, "rendered"
+    [line] = [line for line in result.stderr.splitlines() if "policies." in line]
+    assert line.startswith("Error: execution error at (hubcull/templates/cullpolicies.yaml")
+    assert message in line, line
+    assert render({**values, "inspectServers": True})  # the same values with it: fine
+
+
+@pytest.mark.helm
+def test_kernels_via_proxy_need_no_inspect_servers():
+    kernels = {"protectBusy": True, "via": "proxy", "proxyURL": "http://proxy-public"}
+    [policy] = find(render({"policies": {"gpu": {"kernels": kernels}}}), "CullPolicy")
+    assert policy["spec"]["kernels"] == kernels
 
 
 @pytest.mark.helm
@@ -1278,16 +1378,19 @@ def test_z2jh_doc_values_and_policy():
 
 
 def test_z2jh_doc_kernel_aware_role_and_proxy_caveat():
-    """docs/z2jh.md: the role for spec.kernels is the minimal one plus access:servers (with
-    the filtered form named), and via: proxy comes with last_activity_interval = 0."""
+    """docs/z2jh.md: the role for spec.kernels is the minimal one plus tokens (with the
+    filtered form named; access:servers is no longer in any role), the threat model is
+    there, and via: proxy comes with last_activity_interval = 0."""
     text = (DOCS / "z2jh.md").read_text(encoding="utf-8")
     blocks = [b for b in _yaml_blocks(DOCS / "z2jh.md") if isinstance(b, dict) and "hub" in b]
     roles = [b["hub"]["loadRoles"]["hubcull"] for b in blocks if "loadRoles" in b["hub"]]
-    kernels = [r for r in roles if "access:servers" in r["scopes"]]
+    kernels = [r for r in roles if "tokens" in r["scopes"]]
     assert len(kernels) == 1
-    assert kernels[0]["scopes"] == [*MINIMAL_SCOPES, "access:servers"]
+    assert kernels[0]["scopes"] == [*MINIMAL_SCOPES, "tokens"]
     assert kernels[0]["services"] == ["hubcull"]
-    assert "access:servers!group=gpu" in text
+    assert not any("access:servers" in scope for r in roles for scope in r["scopes"])
+    assert "tokens!group=gpu" in text
+    assert "**Threat model.**" in text and "admin credential" in text
     configs = [b["hub"]["config"] for b in blocks if "config" in b["hub"]]
     assert {"JupyterHub": {"last_activity_interval": 0}} in configs
     assert "inspectServers: true" in text

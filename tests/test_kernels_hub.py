@@ -22,13 +22,14 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import yaml
 
 from hubcull.engine.rules.signals import ServerKey
 from hubcull.engine.signals.pods import ServerPod
 from hubcull.engine.sweep.memory import SweepMemory
 from hubcull.engine.sweep.runner import SweepOutcome, sweep_policy
 from hubcull.engine.sweep.sources import SweepSources
-from tests.support.cli import hubcull, manifest
+from tests.support.cli import hubcull, manifest, readme_section
 from tests.support.faultproxy import Fault, fault_proxy
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.jupyter import (
@@ -52,11 +53,14 @@ HOURS_2 = 7200.0 + 20  # clear of the Hub Date header's whole seconds: reads "2h
 
 @dataclass
 class Lab:
-    """The module's Hub, its servers' addresses and a culler token with access:servers."""
+    """The module's Hub, its servers' addresses, a culler token (with ``tokens``: it makes
+    the per-server probe tokens, it never reaches a server) and the test's own token for
+    driving the servers (``access:servers``)."""
 
     hub: Hub
     token: str
     locations: dict[str, ServerLocation]
+    driver_token: str = ""
     clients: dict[str, JupyterServer] = field(default_factory=dict)
 
     def pods(self, **overrides: str) -> StaticPods:
@@ -71,10 +75,10 @@ class Lab:
         return StaticPods(pods)
 
     def client(self, user: str) -> JupyterServer:
-        """The test's client of the user's server (its own port, the culler's token); the
+        """The test's client of the user's server (its own port, the test's token); the
         kernels and terminals it starts are deleted after the test."""
         if user not in self.clients:
-            self.clients[user] = JupyterServer(self.locations[user].direct_url, self.token)
+            self.clients[user] = JupyterServer(self.locations[user].direct_url, self.driver_token)
         return self.clients[user]
 
 
@@ -99,8 +103,9 @@ async def lab_servers(jupyter_hub: Hub) -> Lab:
         *(start_server(hub, user) for user in USERS),
         start_server(hub, TAB, activity_interval=TAB_REPORTS),
     )
-    token = await hub.token([*MINIMAL_SCOPES, "access:servers"])
-    return Lab(hub, token, {loc.user: loc for loc in started})
+    token = await hub.token([*MINIMAL_SCOPES, "tokens"])
+    driver = await hub.token(["access:servers"], note="test driver")
+    return Lab(hub, token, {loc.user: loc for loc in started}, driver_token=driver)
 
 
 @pytest_asyncio.fixture
@@ -488,18 +493,19 @@ async def test_every_probe_failing_holds_the_servers_and_says_so(lab: Lab) -> No
     assert outcome.status["serversRunning"] == 3
 
 
-async def test_a_token_without_access_servers_fails_before_anything_is_probed_or_stopped(
+async def test_a_token_without_tokens_fails_before_anything_is_probed_or_stopped(
     lab: Lab,
 ) -> None:
     for user in USERS:
         await backdate(lab.hub, user, HOURS_2)
-    token = await lab.hub.token(MINIMAL_SCOPES)
+    # the old role (access:servers) is not enough: the probes no longer use the policy's token
+    token = await lab.hub.token([*MINIMAL_SCOPES, "access:servers"])
     pods = lab.pods()
     policy = policy_for(lab.hub, idleTimeout="1h", kernels={"protectBusy": True})
     outcome = await sweep_policy(policy, SweepSources(token, pods=pods))
     assert outcome.result is None
     assert outcome.reason == "Forbidden"
-    assert "access:servers" in (outcome.message or "")
+    assert "lacks the scope tokens" in (outcome.message or "")
     assert pods.listings == 0
     assert all([await running(lab.hub, user) for user in USERS])
 
@@ -558,7 +564,18 @@ async def test_hubcull_sweep_prints_kept_servers_and_failed_probes(
         code, out, err = await hubcull(
             "sweep", "-f", str(path), "--once", "--dry-run", token=lab.token
         )
+        probes = proxy.requests(r"^GET /user/")
     assert code == 0, err
+    # the probes carried the users' own tokens, which the run deleted at its end
+    assert probes and all(lab.token not in str(seen.headers) for seen in probes)
+    [ann_token] = {s.headers["authorization"] for s in probes if s.path.startswith("/user/ann/")}
+    gone = await lab.hub.request(
+        "GET", "/user", headers={"Authorization": ann_token}, expected=None
+    )
+    assert gone.status_code == 403
+    for user in USERS:
+        listed = (await lab.hub.request("GET", f"/users/{user}/tokens")).json()["api_tokens"]
+        assert [t for t in listed if t["note"] == "hubcull probe"] == []
     assert "KEEP     ann: kernel busy for " in out
     assert "UNKNOWN  bob: probe failed (http_error: GET api/kernels answered 503)" in out
     assert "WOULD    stop bob (idle 2h" in out and "WOULD    stop cat (idle 2h" in out
@@ -568,3 +585,46 @@ async def test_hubcull_sweep_prints_kept_servers_and_failed_probes(
     code, out, err = await hubcull("sweep", "-f", str(pods), "--once", token=lab.token)
     assert code == 2
     assert "via: proxy" in err and "operator" in err and len(err.strip().splitlines()) == 1
+    assert "--proxy-url" in err and "spec.usage" not in err  # it names what the policy has
+
+
+EXAMPLE_KERNELS = Path(__file__).resolve().parents[1] / "examples" / "kernels.yaml"
+
+
+async def test_examples_kernels_yaml_works_with_hubcull_sweep_and_proxy_url(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """README's command: examples/kernels.yaml (via: pods, for the operator) tried with
+    ``--hub-url`` and ``--proxy-url`` probes the real servers through the real proxy. The Hub
+    says all three have been idle 2 h; by their kernels (``idleFrom: kernels``) ann (busy)
+    and bob (a cell run seconds ago) are not, so only cat (no kernel: the Hub decides) would
+    be stopped. Had a probe failed, the Hub would have decided for ann and bob too."""
+    await busy_kernel(lab.client("ann"))
+    await idle_kernel(lab.client("bob"), 1)
+    for user in USERS:
+        await backdate(lab.hub, user, HOURS_2)
+    section = readme_section("Try a policy against your Hub").replace("\\\n", " ")
+    [command] = [
+        line.split()
+        for line in section.splitlines()
+        if line.split()[:4] == [".venv/bin/hubcull", "sweep", "-f", "examples/kernels.yaml"]
+    ]
+    # README's port-forwarded Hub and proxy -> the test Hub's
+    forwarded = {
+        "http://127.0.0.1:8081/hub/api": lab.hub.api_url,
+        "http://127.0.0.1:8000": lab.hub.public_url,
+    }
+    assert set(forwarded) <= set(command) and "--proxy-url" in command, command
+    args = [forwarded.get(a, a) for a in command[2:]]
+    args = [str(EXAMPLE_KERNELS) if a == "examples/kernels.yaml" else a for a in args]
+    assert "--dry-run" in args and "--once" in args
+    code, out, err = await hubcull("sweep", *args, "--status", token=lab.token)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[:2] == [
+        "[kernels] WOULD    stop cat (idle 2h)",
+        "[kernels] swept 4 running servers: 1 over a limit, would cull 1, 0 failed (dry run)",
+    ], out
+    status = yaml.safe_load("\n".join(lines[2:]))["status"]
+    assert status["probeFailedLastSweep"] == 0
+    assert await running(lab.hub, "ann") and await running(lab.hub, "bob")

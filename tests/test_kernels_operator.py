@@ -5,11 +5,15 @@ at REAL single-user servers on 127.0.0.1, and a real Hub."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 
 import pytest
 import pytest_asyncio
 from prometheus_client import generate_latest
 
+from hubcull.engine.signals.probetokens import PROBE_NOTE
+from tests.support.faultproxy import fault_proxy
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.jupyter import JupyterServer, ServerLocation, start_server
 from tests.support.kube import Kube
@@ -47,8 +51,9 @@ async def test_busy_kernels_keep_their_servers_through_their_pods(
     kube: Kube, jupyter_hub: Hub, servers: dict[str, ServerLocation]
 ) -> None:
     hub = jupyter_hub
-    token = await hub.token([*MINIMAL_SCOPES, "access:servers"])
-    async with JupyterServer(servers["ann"].direct_url, token) as ann:
+    token = await hub.token([*MINIMAL_SCOPES, "tokens"])
+    driver = await hub.token(["access:servers"], note="test driver")
+    async with JupyterServer(servers["ann"].direct_url, driver) as ann:
         kernel = await ann.start_kernel()
         await ann.run_code(kernel["id"], SILENT, wait=False)
         await ann.wait_kernel(kernel["id"], "busy")
@@ -72,7 +77,13 @@ async def test_busy_kernels_keep_their_servers_through_their_pods(
                 return status
 
             status = await kube.wait_for(swept, timeout=30)
-            metrics = generate_latest(memo["metrics"].registry).decode()
+
+            async def counted() -> str:  # the metrics follow the status patch
+                text = generate_latest(memo["metrics"].registry).decode()
+                assert "hubcull_servers_protected{" in text, text
+                return text
+
+            metrics = await kube.wait_for(counted, timeout=10)
         assert await hub.running_servers() >= {("ann", "")}
         assert ("bob", "") not in await hub.running_servers()
     assert (status["serversProtected"], status["probeFailedLastSweep"]) == (1, 0)
@@ -93,7 +104,7 @@ async def test_a_refused_pod_listing_culls_nothing_and_names_the_permission(
     await add_pods(kube, servers)
     kube.emulator["list", kube.emulator.resource(PODS)] << 403
     async with hubcull_operator(kube):
-        await kube.create(secret(await hub.token([*MINIMAL_SCOPES, "access:servers"])))
+        await kube.create(secret(await hub.token([*MINIMAL_SCOPES, "tokens"])))
         await kube.create(
             cullpolicy(
                 hub,
@@ -123,6 +134,95 @@ async def test_a_refused_pod_listing_culls_nothing_and_names_the_permission(
         await kube.wait_for(sweep_failed_event)
 
 
+async def test_probe_tokens_live_with_the_policy_and_the_operator(
+    kube: Kube, jupyter_hub: Hub, servers: dict[str, ServerLocation]
+) -> None:
+    """The operator probes through the pods with per-server tokens (recorded in front of each
+    real server: never the policy's token), and deletes them when the policy is deleted and
+    when it shuts down; a restarted operator makes new ones."""
+    hub = jupyter_hub
+    for user in USERS:
+        if not ((await hub.get_user(user))["servers"].get("") or {}).get("ready"):
+            servers[user] = await start_server(hub, user)
+        await hub.set_times(user, "", started=ago(7200), last_activity=ago(0))
+    token = await hub.token([*MINIMAL_SCOPES, "tokens"])
+    policy = cullpolicy(
+        hub,
+        idleTimeout="1h",
+        every="10s",
+        dryRun=True,
+        kernels={"idleFrom": "kernels"},
+        selector={"users": list(USERS)},
+    )
+
+    async def probe_token_ids() -> dict[str, list[str]]:
+        found = {}
+        for user in USERS:
+            answer = await hub.request("GET", f"/users/{user}/tokens")
+            found[user] = [t["id"] for t in answer.json()["api_tokens"] if t["note"] == PROBE_NOTE]
+        return found
+
+    async def one_each() -> dict[str, list[str]]:
+        found = await probe_token_ids()
+        assert all(len(ids) == 1 for ids in found.values()), found
+        return found
+
+    async def none_left() -> dict[str, list[str]]:
+        found = await probe_token_ids()
+        assert all(ids == [] for ids in found.values()), found
+        return found
+
+    await kube.create_namespace(NS)
+    async with contextlib.AsyncExitStack() as stack:
+        recorders = {
+            user: await stack.enter_async_context(
+                fault_proxy(f"http://127.0.0.1:{servers[user].port}")
+            )
+            for user in USERS
+        }
+        for user, recorder in recorders.items():
+            await create_pod(kube, singleuser_pod(user, port=recorder.port), ip="127.0.0.1")
+        logs: list[str] = []
+        engine_log = logging.getLogger("hubcull")
+        level = engine_log.level
+        engine_log.setLevel(logging.DEBUG)  # every line the operator writes, checked below
+        stack.callback(engine_log.setLevel, level)
+        async with hubcull_operator(kube) as (operator, _):
+            await kube.create(secret(token))
+            await kube.create(policy)
+            first = await kube.wait_for(one_each, timeout=60)
+            await kube.delete(CULLPOLICIES, NS, "default")
+            await kube.wait_for(none_left, timeout=30)
+
+            async def policy_gone() -> bool:
+                assert await kube.get(CULLPOLICIES, NS, "default") is None
+                return True
+
+            await kube.wait_for(policy_gone, timeout=30)
+            await kube.create(policy)
+            second = await kube.wait_for(one_each, timeout=60)
+            logs += [record.getMessage() for record in operator.records]
+        assert await none_left() == {user: [] for user in USERS}  # deleted at shutdown
+        async with hubcull_operator(kube) as (operator, _):  # a restart makes its own
+            third = await kube.wait_for(one_each, timeout=60)
+            logs += [record.getMessage() for record in operator.records]
+        assert await none_left() == {user: [] for user in USERS}
+        seen = [request for recorder in recorders.values() for request in recorder.seen]
+    assert first.keys() == second.keys() == third.keys() == set(USERS)
+    assert seen and all(token not in str(request.headers) for request in seen)
+    probes = [r.headers.get("authorization", "") for r in seen]
+    assert all(value.startswith("token ") for value in probes)
+    # a new token per user in each of the three lives: first, re-created policy, restart
+    # (the Hub may give a new token a deleted one's id, so the tokens themselves are compared)
+    for user, recorder in recorders.items():
+        used = {r.headers["authorization"] for r in recorder.seen}
+        assert len(used) == 3, (user, len(used))
+        # no probe token (nor the policy's) in the operator's log lines
+        for value in used:
+            assert not [line for line in logs if value.removeprefix("token ") in line]
+    assert logs and not [line for line in logs if token in line]
+
+
 async def test_pods_in_another_namespace_hold_the_servers_until_pod_namespace_says_where(
     kube: Kube, jupyter_hub: Hub, servers: dict[str, ServerLocation]
 ) -> None:
@@ -137,12 +237,13 @@ async def test_pods_in_another_namespace_hold_the_servers_until_pod_namespace_sa
         if not ((await hub.get_user(user))["servers"].get("") or {}).get("ready"):
             servers[user] = await start_server(hub, user)
         await hub.set_times(user, "", last_activity=ago(7200))
-    token = await hub.token([*MINIMAL_SCOPES, "access:servers"])
+    token = await hub.token([*MINIMAL_SCOPES, "tokens"])
+    driver = await hub.token(["access:servers"], note="test driver")
     await kube.create_namespace(users_ns)
     for user, location in servers.items():
         pod = singleuser_pod(user, port=location.port, namespace=users_ns)
         await create_pod(kube, pod, ip="127.0.0.1")
-    async with JupyterServer(servers["ann"].direct_url, token) as ann:
+    async with JupyterServer(servers["ann"].direct_url, driver) as ann:
         kernel = await ann.start_kernel()
         await ann.run_code(kernel["id"], SILENT, wait=False)
         await ann.wait_kernel(kernel["id"], "busy")

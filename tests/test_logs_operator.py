@@ -41,7 +41,7 @@ async def setup(kube: Kube, hub: Hub, ann: ServerLocation) -> tuple[str, ServerL
     for location in (ann, bob):
         pod = singleuser_pod(location.user, port=location.port)
         await create_pod(kube, pod, ip="127.0.0.1")
-    token = await hub.token([*MINIMAL_SCOPES, "access:servers"])
+    token = await hub.token([*MINIMAL_SCOPES, "tokens"])
     await kube.create(secret(token))
     await kube.create(
         cullpolicy(
@@ -63,7 +63,8 @@ async def run_until_bob_is_culled(
     its output and the token."""
     token, _ = await setup(kube, hub, ann)
     command = [HUBCULL, "run", "--namespace", NS, *flags]
-    async with JupyterServer(ann.direct_url, token) as lab:
+    driver = await hub.token(["access:servers"], note="test driver")
+    async with JupyterServer(ann.direct_url, driver) as lab:
         kernel = await lab.start_kernel()
         await lab.run_code(kernel["id"], SILENT, wait=False)
         await lab.wait_kernel(kernel["id"], "busy")

@@ -377,6 +377,7 @@ async def test_a_user_and_password_in_the_url_are_basic_auth_and_never_shown(
 ) -> None:
     await lab.servers({"ann": HUB_IDLE})
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="httpx")  # `hubcull run` keeps it at WARNING
     async with fault_proxy(lab.usage.prometheus.url) as proxy:
         url = proxy.url.replace("http://", "http://admin:s3cret@") + "/"
         ok = await lab.sweep({"busyCPU": 1}, url=url, dryRun=True)

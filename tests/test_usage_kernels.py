@@ -42,7 +42,7 @@ async def test_a_busy_kernel_keeps_a_server_whose_gpu_is_idle(
     location = await start_server(hub, "ann")
     await hub.set_times("ann", "", started=ago(7200), last_activity=ago(0))
     await usage.gpu("jupyter-ann", 0.0, history=[(30 * 60, 0.0)])
-    token = await hub.token([*MINIMAL_SCOPES, "access:servers"])
+    token = await hub.token([*MINIMAL_SCOPES, "tokens"])
 
     async def sweep(**spec: object) -> SweepOutcome:
         usage_spec = {"prometheus": {"url": usage.prometheus.url}, "cullIdleGPU": True}
@@ -54,7 +54,8 @@ async def test_a_busy_kernel_keeps_a_server_whose_gpu_is_idle(
             ),
         )
 
-    async with JupyterServer(location.direct_url, token) as ann:
+    driver = await hub.token(["access:servers"], note="test driver")
+    async with JupyterServer(location.direct_url, driver) as ann:
         kernel = await ann.start_kernel()
         await ann.run_code(kernel["id"], SILENT, wait=False)
         await ann.wait_kernel(kernel["id"], "busy")

@@ -107,7 +107,7 @@ async def test_no_log_record_names_the_url(
     webhook: WebhookReceiver, quick: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = secret_url(webhook)
-    with caplog.at_level(logging.DEBUG):
+    with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="httpcore"):
         async with Webhook(url) as hook:
             assert await hook.post(PAYLOAD) is None
             webhook.respond(500)

@@ -1,3 +1,8 @@
 """hubcull: cull idle JupyterHub servers by CullPolicy resources."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("hubcull")  # the installed package's, i.e. pyproject.toml's
+except PackageNotFoundError:  # run from a checkout that was never installed
+    __version__ = "unknown"

@@ -15,13 +15,19 @@ from typing import Any
 
 import yaml
 
-from . import logs
+from . import __version__, logs
 from .engine.durations import format_duration
 from .engine.rules.policy import Policy, PolicyError, parse_spec
 from .engine.sweep.connection import HubConnection
 from .engine.sweep.memory import SweepMemory
 from .engine.sweep.notify import WarnChannel
-from .engine.sweep.runner import NEEDS_OPERATOR, SweepOutcome, TokenError, clean_token, sweep_policy
+from .engine.sweep.runner import (
+    NEEDS_OPERATOR,
+    SweepOutcome,
+    TokenError,
+    clean_token,
+    sweep_policy,
+)
 from .engine.sweep.sources import SweepSources
 from .engine.sweep.status import describe_cull, isotime
 from .engine.sweep.webhook import WebhookURLError, check_url
@@ -31,7 +37,7 @@ API_VERSION = "hubcull.io/v1alpha1"
 
 
 class CLIError(Exception):
-    """A problem reported as one line on stderr; ``code`` is the exit status."""
+    """Problems reported on stderr, one line each; ``code`` is the exit status."""
 
     def __init__(self, message: str, code: int = 2) -> None:
         super().__init__(message)
@@ -40,12 +46,15 @@ class CLIError(Exception):
 
 @dataclass(frozen=True)
 class Manifest:
-    """One CullPolicy read from a file: its name, namespace, file and parsed spec."""
+    """One CullPolicy read from a file: its name, namespace, file and parsed spec, and the
+    fields that options replaced (``(field, option)``, e.g. ``("spec.hub.url", "--hub-url")``),
+    so that messages name the option the admin gave instead of the file's field."""
 
     name: str
     namespace: str | None
     path: str
     policy: Policy
+    replaced: tuple[tuple[str, str], ...] = ()
 
 
 def yaml_error(path: str, exc: yaml.YAMLError) -> CLIError:
@@ -66,6 +75,56 @@ def check_hub_url(url: str) -> str:
         problems = [p.removeprefix("spec.hub.url: ") for p in exc.problems]
         raise CLIError(f"--hub-url: {'; '.join(problems)}") from None
     return url
+
+
+def check_proxy_url(url: str) -> str:
+    """Validate ``--proxy-url`` as the engine validates ``spec.kernels.proxyURL``; return it."""
+    hub = {"url": "http://hub:8081/hub/api", "tokenSecretRef": {"name": "x", "key": "x"}}
+    kernels = {"protectBusy": True, "via": "proxy", "proxyURL": url}
+    try:
+        parse_spec({"hub": hub, "kernels": kernels})
+    except PolicyError as exc:
+        problems = [p.removeprefix("spec.kernels.proxyURL: ") for p in exc.problems]
+        raise CLIError(f"--proxy-url: {'; '.join(problems)}") from None
+    return url
+
+
+def operator_only(policy: Policy) -> str | None:
+    """Why ``hubcull sweep`` cannot sweep ``policy`` (``None``: it can), naming only the
+    fields the policy has."""
+    pods = policy.kernels is not None and policy.kernels.via == "pods"
+    uses = (("spec.kernels.via: pods", pods), ("spec.usage", policy.usage is not None))
+    fields = [name for name, used in uses if used]
+    if not fields:
+        # a field added later that needs pods, before this function names it
+        return NEEDS_OPERATOR if policy.needs_pods else None
+    what = " and ".join(fields) + (" need" if len(fields) > 1 else " needs")
+    hints = []
+    if pods:
+        hints.append(
+            "for spec.kernels, pass --proxy-url with the Hub's public URL (e.g. "
+            "http://127.0.0.1:8000 with z2jh's proxy-public port-forwarded) to probe the servers "
+            "through the proxy (via: proxy)"
+        )
+    if policy.usage is not None:
+        hints.append("try spec.usage in the cluster with dryRun: true")
+    return f"{what} the servers' pods, which only the operator (hubcull run) can list; " + (
+        "; ".join(hints)
+    )
+
+
+def api_version_problem(doc: dict[str, Any]) -> str | None:
+    """Why a ``kind: CullPolicy`` document is no hubcull CullPolicy (``None``: it is), as the
+    API server would refuse it."""
+    api_version = doc.get("apiVersion")
+    if api_version == API_VERSION:
+        return None
+    if not api_version:
+        return f"apiVersion is not set (hubcull serves only {API_VERSION})"
+    return (
+        f'no matches for kind "CullPolicy" in version "{api_version}" (hubcull serves only '
+        f"{API_VERSION})"
+    )
 
 
 def _documents(path: str) -> list[Any]:
@@ -89,42 +148,99 @@ def _documents(path: str) -> list[Any]:
     return found
 
 
-def load_manifests(paths: Sequence[str], hub_url: str | None = None) -> list[Manifest]:
-    """Every CullPolicy in the files, in order; ``hub_url`` replaces each ``spec.hub.url``.
+def _with_options(
+    spec: Any, hub_url: str | None, proxy_url: str | None
+) -> tuple[Any, tuple[tuple[str, str], ...]]:
+    """``spec`` with the fields ``--hub-url`` and ``--proxy-url`` replace, and which."""
+    if not isinstance(spec, dict):
+        spec = {} if hub_url is not None else spec
+    replaced: list[tuple[str, str]] = []
+    if hub_url is not None:
+        hub = spec.get("hub")
+        spec = {**spec, "hub": {**(hub if isinstance(hub, dict) else {}), "url": hub_url}}
+        replaced.append(("spec.hub.url", "--hub-url"))
+    if proxy_url is not None and isinstance(spec, dict) and isinstance(spec.get("kernels"), dict):
+        spec = {**spec, "kernels": {**spec["kernels"], "via": "proxy", "proxyURL": proxy_url}}
+        replaced.append(("spec.kernels.proxyURL", "--proxy-url"))
+    return spec, tuple(replaced)
 
-    Raises :class:`CLIError` (one line) for a file that cannot be read, a YAML syntax
-    error, a file with no CullPolicy, an invalid policy or a name used twice.
+
+def load_manifests(
+    paths: Sequence[str], hub_url: str | None = None, proxy_url: str | None = None
+) -> list[Manifest]:
+    """Every CullPolicy in the files, in order; ``hub_url`` replaces each ``spec.hub.url``,
+    ``proxy_url`` makes each ``spec.kernels`` probe through that proxy (``via: proxy``).
+
+    Raises :class:`CLIError`, one line per problem of every file, for a file that cannot be
+    read, a YAML syntax error, a file with no CullPolicy, a CullPolicy of another apiVersion,
+    an invalid policy, a policy only the operator can sweep or a name used twice.
     """
     manifests: list[Manifest] = []
+    problems: list[str] = []
     where: dict[str, str] = {}
     for path in paths:
-        before = len(manifests)
-        for doc in _documents(path):
-            if not isinstance(doc, dict) or doc.get("kind") != "CullPolicy":
-                continue
+        try:
+            docs = _documents(path)
+        except CLIError as exc:
+            problems.append(str(exc))
+            continue
+        policies = [d for d in docs if isinstance(d, dict) and d.get("kind") == "CullPolicy"]
+        if not policies:
+            problems.append(f"{path} has no CullPolicy (kind: CullPolicy)")
+        for doc in policies:
             metadata = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
             name = str(metadata.get("name") or "cullpolicy")
             namespace = metadata.get("namespace")
+            refused = api_version_problem(doc)
+            if refused:
+                problems.append(f"{path}: CullPolicy {name}: {refused}")
+                continue
             if name in where:
                 other = where[name]
                 place = f"twice in {path}" if other == path else f"in both {other} and {path}"
-                raise CLIError(f"CullPolicy {name} is {place}: policy names must be unique")
+                problems.append(f"CullPolicy {name} is {place}: policy names must be unique")
+                continue
             where[name] = path
-            spec = doc.get("spec")
-            if hub_url is not None:
-                spec = dict(spec) if isinstance(spec, dict) else {}
-                hub = spec.get("hub")
-                spec["hub"] = {**(hub if isinstance(hub, dict) else {}), "url": hub_url}
+            spec, replaced = _with_options(doc.get("spec"), hub_url, proxy_url)
             try:
                 policy = parse_spec(spec)
             except PolicyError as exc:
-                raise CLIError(f"{path}: invalid CullPolicy {name}: {exc}") from None
-            if policy.needs_pods:
-                raise CLIError(f"{path}: CullPolicy {name}: {NEEDS_OPERATOR}")
-            manifests.append(Manifest(name, str(namespace) if namespace else None, path, policy))
-        if len(manifests) == before:
-            raise CLIError(f"{path} has no CullPolicy (kind: CullPolicy)")
+                problems.append(f"{path}: invalid CullPolicy {name}: {exc}")
+                continue
+            why = operator_only(policy)
+            if why:
+                problems.append(f"{path}: CullPolicy {name}: {why}")
+                continue
+            namespace = str(namespace) if namespace else None
+            manifests.append(Manifest(name, namespace, path, policy, replaced))
+    if proxy_url is not None and not problems and not any(m.policy.kernels for m in manifests):
+        names = ", ".join(m.name for m in manifests)
+        problems.append(f"--proxy-url: CullPolicy {names} has no spec.kernels to probe with it")
+    if problems:
+        raise CLIError("\n".join(problems))
     return manifests
+
+
+def as_given(manifest: Manifest, outcome: SweepOutcome) -> SweepOutcome:
+    """``outcome`` with its failure message naming the options that replaced fields (say
+    ``--hub-url``, not ``spec.hub.url``, when that is what the admin gave)."""
+    if not manifest.replaced or outcome.message is None:
+        return outcome
+
+    def named(text: str) -> str:
+        for field, option in manifest.replaced:
+            text = text.replace(field, option)
+        return text
+
+    status = dict(outcome.status)
+    if isinstance(status.get("conditions"), list):
+        status["conditions"] = [
+            {**c, "message": named(c["message"])}
+            if c.get("type") == "Ready" and isinstance(c.get("message"), str)
+            else c
+            for c in status["conditions"]
+        ]
+    return dataclasses.replace(outcome, status=status, message=named(outcome.message))
 
 
 def read_token(token_file: str | None) -> str:
@@ -267,12 +383,23 @@ def status_yaml(status: dict[str, Any]) -> str:
     return yaml.safe_dump({"status": kept}, sort_keys=False).rstrip()
 
 
+def failed_sweep(outcome: SweepOutcome) -> bool:
+    """True when the sweep could not run (a suspended policy's sweep did not fail)."""
+    return outcome.result is None and outcome.reason != "Suspended"
+
+
 def print_outcome(manifest: Manifest, outcome: SweepOutcome, output: str = "text") -> None:
     """Print one sweep of one policy.
 
     ``text``: each decision and a summary line, prefixed with ``[name]``; ``status``: the
     same, then the status block; ``yaml``: only a CullPolicy YAML document with the status.
+    A sweep that failed is one line on stderr instead of the summary line, whatever the
+    output.
     """
+    prefix = f"[{manifest.name}]"
+    if failed_sweep(outcome):
+        print(f"hubcull: {prefix} {summary_line(outcome)}", file=sys.stderr)
+        sys.stderr.flush()
     if output == "yaml":
         metadata = {"name": manifest.name}
         if manifest.namespace:
@@ -281,10 +408,10 @@ def print_outcome(manifest: Manifest, outcome: SweepOutcome, output: str = "text
         doc["status"] = {k: v for k, v in outcome.status.items() if v is not None}
         print(yaml.safe_dump(doc, sort_keys=False, explicit_start=True).rstrip())
     else:
-        prefix = f"[{manifest.name}]"
         for line in decision_lines(outcome):
             print(f"{prefix} {line}")
-        print(f"{prefix} {summary_line(outcome)}")
+        if not failed_sweep(outcome):
+            print(f"{prefix} {summary_line(outcome)}")
         if output == "status":
             print(status_yaml(outcome.status))
     sys.stdout.flush()
@@ -308,8 +435,7 @@ async def _sweep_loop(
     channel: WarnChannel | None = None,
 ) -> int:
     """Sweep one policy every ``spec.every`` (or sooner when a warned server's stop is due,
-    or once); with ``once``, return the exit status (1 and a line on stderr if the sweep
-    failed)."""
+    or once); with ``once``, return the exit status (1 if the sweep failed)."""
     status: dict[str, Any] | None = None
     connection = HubConnection()
     memory = SweepMemory()
@@ -319,16 +445,11 @@ async def _sweep_loop(
                 token, ca_pem=ca_pem, connection=connection, memory=memory, channel=channel
             )
             outcome = await sweep_policy(manifest.policy, sources, previous=status)
+            outcome = as_given(manifest, outcome)
             print_outcome(manifest, outcome, output)
             status = outcome.status
             if once:
-                if outcome.reason and outcome.reason != "Suspended":
-                    print(
-                        f"hubcull: [{manifest.name}] {outcome.reason}: {outcome.message}",
-                        file=sys.stderr,
-                    )
-                    return 1
-                return 0
+                return 1 if failed_sweep(outcome) else 0
             await asyncio.sleep(outcome.next_sweep_in(manifest.policy.every))
     finally:
         await connection.aclose()
@@ -357,7 +478,8 @@ def sweep_command(args: argparse.Namespace) -> int:
     """``hubcull sweep``: load the manifests and the token, then sweep every policy once or
     every ``spec.every``."""
     hub_url = check_hub_url(args.hub_url) if args.hub_url is not None else None
-    manifests = load_manifests(args.file, hub_url)
+    proxy_url = check_proxy_url(args.proxy_url) if args.proxy_url is not None else None
+    manifests = load_manifests(args.file, hub_url, proxy_url)
     if args.dry_run:
         manifests = [
             dataclasses.replace(m, policy=dataclasses.replace(m.policy, dry_run=True))
@@ -389,6 +511,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="hubcull", description="Cull idle JupyterHub servers by CullPolicy resources."
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument(
+        "--version", action="version", version=f"hubcull {__version__}", help="print the version"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     verbosity = _verbosity()
 
@@ -412,6 +537,12 @@ def _parser() -> argparse.ArgumentParser:
         "--hub-url",
         help="use this Hub API URL instead of spec.hub.url, e.g. a port-forwarded "
         "http://127.0.0.1:8081/hub/api",
+    )
+    sweep.add_argument(
+        "--proxy-url",
+        help="probe the servers of spec.kernels through the Hub's proxy at this URL (via: "
+        "proxy, replacing spec.kernels.via and proxyURL), e.g. a port-forwarded proxy-public "
+        "http://127.0.0.1:8000",
     )
     sweep.add_argument("--token-file", help=f"file with the Hub token (default: ${TOKEN_ENV})")
     sweep.add_argument("--ca-file", help="PEM bundle to trust for an https Hub")
@@ -493,7 +624,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OperatorConfigError as exc:
             raise CLIError(str(exc), code=exc.code) from None
     except CLIError as exc:
-        print(f"hubcull: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"hubcull: {line}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return 130

@@ -13,6 +13,9 @@ from typing import Any
 CHATTY = ("httpx", "httpcore", "kopf", "aiohttp", "kubernetes", "asyncio", "urllib3")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+HANDLER_NAME = "hubcull"
+#: kopf's peering logger: its INFO lines say when this replica pauses or resumes.
+PEERING = "kopf._core.engines.peering"
 
 
 class JSONFormatter(logging.Formatter):
@@ -44,10 +47,13 @@ def configure(verbosity: int, fmt: str = "text", default: int = logging.WARNING)
     level = max(default - 10 * verbosity, logging.DEBUG)
     handler = logging.StreamHandler()
     handler.setFormatter(JSONFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.set_name(HANDLER_NAME)
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
+    for old in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
+        root.removeHandler(old)  # a second configure (tests call main() twice) replaces it
     root.addHandler(handler)
     root.setLevel(level)
     for name in CHATTY:
         logging.getLogger(name).setLevel(level if verbosity >= 2 else logging.WARNING)
+    # which replica is active (kopf's peering: pausing, resuming) matters to an admin
+    logging.getLogger(PEERING).setLevel(min(level, logging.INFO))

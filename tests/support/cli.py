@@ -13,6 +13,7 @@ import yaml
 from tests.support.scenario import TOKEN_REF
 
 HUBCULL = str(Path(sys.executable).with_name("hubcull"))
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def manifest(path: Path, url: str, name: str = "try", **spec: object) -> Path:
@@ -48,3 +49,11 @@ async def hubcull(*args: str, token: str | None = None) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+def readme_section(title: str) -> str:
+    """The text of the README section whose heading starts with ``title``."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"\n## {title}")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]

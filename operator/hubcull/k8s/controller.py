@@ -72,7 +72,8 @@ class PolicyController:
     _secrets: dict[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
 
     async def close(self) -> None:
-        """Close the Hub client kept between sweeps (when the policy's loop ends)."""
+        """Delete the probe tokens and close the Hub client kept between sweeps (when the
+        policy's loop ends: the policy was deleted, or the operator stops)."""
         if self._hub is not None:
             await self._hub.aclose()
 

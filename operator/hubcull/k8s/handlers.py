@@ -147,7 +147,7 @@ async def sweeper(
     finally:
         memo["controllers"].pop((namespace, name), None)
         memo["loops"].pop((namespace, name), None)
-        await controller.close()
+        await _close(controller)
         reason = stopped.reason
         if reason is not None and kopf.DaemonStoppingReason.OPERATOR_PAUSING in reason:
             # a higher-priority peer serves it now: a standby's shutdown must not release it
@@ -155,6 +155,18 @@ async def sweeper(
         if reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in reason:
             memo["served"].discard((namespace, name))
             memo["metrics"].forget(namespace, name)
+
+
+async def _close(controller: PolicyController) -> None:
+    """Close the policy's controller (its probe tokens are deleted, within a bound) even when
+    kopf cancels the daemon to stop it: kopf cancels once, then waits ``cancellation_timeout``
+    for the daemon to end, which is longer than deleting the tokens may take."""
+    closing = asyncio.ensure_future(controller.close())
+    try:
+        await asyncio.shield(closing)
+    except asyncio.CancelledError:
+        await closing
+        raise
 
 
 @dataclass

@@ -67,8 +67,8 @@ class Metrics:
         )
         self.probes = Counter(
             "hubcull_probes",
-            "Probes of servers' kernels by result: ok, no_pod, unreachable, timeout, "
-            "http_error, invalid, too_large",
+            "Probes of servers' kernels by result: ok, no_pod, token_refused, unreachable, "
+            "timeout, http_error, invalid, too_large",
             (*labels, "result"),
             registry=self.registry,
         )

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 PAGINATION_ACCEPT = "application/jupyterhub-pagination+json"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _SCOPE_RE = re.compile(r"requires any of \[([^\]]*)\]")
+#: JupyterHub's answer to an ``expires_in`` above ``token_expires_in_max_seconds``.
+_EXPIRES_MAX_RE = re.compile(r"expires_in: \d+ must not exceed (\d+)")
 
 StopOutcome = Literal["stopped", "stopping", "gone"]
 
@@ -60,6 +62,14 @@ class HubForbidden(HubAPIError):
     def __init__(self, message: str, scope: str) -> None:
         super().__init__(message)
         self.scope = scope
+
+
+class HubTokenRefused(HubAPIError):
+    """The Hub would not make a token for this one user (the ``tokens`` filter does not cover
+    them, the user lacks the scope asked for, or the user is gone): that user's own problem,
+    not the sweep's."""
+
+    reason = "Forbidden"
 
 
 class HubError(HubAPIError):
@@ -114,6 +124,18 @@ def make_ssl_context(ca_pem: str | None) -> ssl.SSLContext:
     if not ca_pem:
         return httpx.create_ssl_context()
     return ssl.create_default_context(cadata=ca_pem)
+
+
+def api_root_hint(url: str) -> str:
+    """What to check when ``url`` is not the Hub's REST API root."""
+    if not urlsplit(url).path.rstrip("/").endswith("/hub/api"):
+        return "it should end in /hub/api, like http://hub:8081/hub/api"
+    return (
+        "the path ends in /hub/api, so check the host and port (the Hub's, like "
+        "http://hub:8081, or its proxy's, not a single-user server's) and the Hub's base URL "
+        "(with JupyterHub.base_url /jupyter/, z2jh's hub.baseUrl, the API is at "
+        "/jupyter/hub/api)"
+    )
 
 
 class HubClient:
@@ -300,7 +322,7 @@ class HubClient:
         if what is not None:
             raise HubError(
                 f"spec.hub.url {self.url} is not the JupyterHub REST API root ({what}): "
-                "it should end in /hub/api, like http://hub:8081/hub/api",
+                + api_root_hint(self.url),
                 status,
             )
         self._remember("info", body)
@@ -416,4 +438,52 @@ class HubClient:
         if response.status_code == 404:
             return "gone"
         self._raise_for_status(response, f"delete user {name}")
+        return "deleted"
+
+    async def create_token(
+        self, user: str, scopes: list[str], expires_in: int, note: str
+    ) -> dict[str, Any]:
+        """Make a token owned by ``user`` with exactly ``scopes``, valid ``expires_in`` seconds
+        (``POST /users/{user}/tokens``); the Hub's token model, with ``token`` and ``id``.
+
+        When the Hub caps token lifetimes (``token_expires_in_max_seconds``) below
+        ``expires_in``, the token is made with the Hub's maximum. Raises
+        :class:`HubTokenRefused` when the Hub will not make a token for this user, other
+        :class:`HubAPIError` when it cannot be asked at all.
+        """
+        path = f"/users/{quote_name(user)}/tokens"
+        body: dict[str, Any] = {"scopes": scopes, "expires_in": expires_in, "note": note}
+        response = await self._send("POST", path, json=body)
+        if response.status_code == 400:
+            capped = _EXPIRES_MAX_RE.search(_error_message(response, self._token))
+            if capped and 0 < int(capped.group(1)) < expires_in:
+                body["expires_in"] = int(capped.group(1))
+                response = await self._send("POST", path, json=body)
+        what = f"make a probe token for {user}"
+        if response.status_code in (400, 403, 404):
+            message = _error_message(response, self._token)
+            refused = response.status_code == 404 or (
+                response.status_code == 403 and "no permissions to generate tokens" in message
+            )
+            refused = refused or (response.status_code == 400 and "not held by" in message)
+            if refused:
+                raise HubTokenRefused(
+                    f"the Hub refused to make a token for {user} ({response.status_code}: "
+                    f"{message or 'no reason given'})"
+                )
+        self._raise_for_status(response, what)
+        model = self._json(response, what)
+        if not isinstance(model, dict) or not isinstance(model.get("token"), str):
+            raise HubError(f"the Hub's answer has no token while trying to {what}")
+        if not isinstance(model.get("id"), str):
+            raise HubError(f"the Hub's answer has no token id while trying to {what}")
+        return model
+
+    async def delete_token(self, user: str, token_id: str) -> Literal["deleted", "gone"]:
+        """Delete one of ``user``'s tokens by its id (``gone`` if it no longer exists)."""
+        path = f"/users/{quote_name(user)}/tokens/{quote_name(token_id)}"
+        response = await self._send("DELETE", path)
+        if response.status_code == 404:
+            return "gone"
+        self._raise_for_status(response, f"delete a probe token of {user}")
         return "deleted"

@@ -1,9 +1,11 @@
 """Reading one notebook server's kernels and terminals through its Jupyter REST API.
 
 Every request carries ``?no_track_activity=1`` (jupyter_server then leaves the server's own
-``last_activity`` alone) and the policy's Hub token (the server asks the Hub whether the token
-may use it: ``access:servers``). A probe never raises: whatever goes wrong comes back as a
-failed :class:`ProbeOutcome`, and the Hub's ``last_activity`` decides for that server.
+``last_activity`` alone) and that server's probe token: owned by the server's user and scoped
+to that one server (:mod:`~hubcull.engine.signals.probetokens`), never the policy's own token. The
+server asks the Hub whether the token may use it. A probe never raises: whatever goes wrong
+comes back as a failed :class:`ProbeOutcome`, and the Hub's ``last_activity`` decides for that
+server.
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ from ..rules.signals import KernelActivity
 MAX_ANSWER_BYTES = 1 << 20
 
 ProbeResult = Literal[
-    "ok", "no_pod", "unreachable", "timeout", "http_error", "invalid", "too_large"
+    "ok",
+    "no_pod",
+    "token_refused",
+    "unreachable",
+    "timeout",
+    "http_error",
+    "invalid",
+    "too_large",
 ]
 
 
@@ -97,11 +106,12 @@ def activity_from(kernels: list[Any], terminals: list[Any], seen_at: datetime) -
 
 
 class KernelProber:
-    """Probes notebook servers, at most ``concurrency`` at a time, each within ``timeout``."""
+    """Probes notebook servers, at most ``concurrency`` at a time, each within ``timeout``.
+
+    The client has no credentials of its own: each probe is given its server's token."""
 
     def __init__(
         self,
-        token: str,
         *,
         timeout: float,
         concurrency: int,
@@ -111,7 +121,7 @@ class KernelProber:
         self.timeout = timeout
         self._semaphore = asyncio.Semaphore(concurrency)
         self._http = httpx.AsyncClient(
-            headers={"Authorization": f"token {token}", "User-Agent": "hubcull"},
+            headers={"User-Agent": "hubcull"},
             timeout=httpx.Timeout(timeout),
             verify=make_ssl_context(ca_pem),
             limits=httpx.Limits(
@@ -125,27 +135,33 @@ class KernelProber:
         """Close the connection pool."""
         await self._http.aclose()
 
-    async def probe(self, server_url: str, terminals: bool) -> ProbeOutcome:
+    async def probe(self, server_url: str, terminals: bool, token: str) -> ProbeOutcome:
         """Read the kernels (and with ``terminals`` the terminals) of the server whose base
-        URL is ``server_url`` (``http://10.0.0.5:8888/user/alice/``)."""
+        URL is ``server_url`` (``http://10.0.0.5:8888/user/alice/``), with ``token``: that
+        server's own probe token."""
         base = server_url if server_url.endswith("/") else server_url + "/"
+        auth = {"Authorization": f"token {token}"}
         try:
             async with self._semaphore:
-                return await asyncio.wait_for(self._probe(base, terminals), self.timeout)
+                return await asyncio.wait_for(self._probe(base, terminals, auth), self.timeout)
         except _Failed as failed:
             return ProbeOutcome(failed.result, detail=failed.detail)
         except (asyncio.TimeoutError, httpx.TimeoutException):
             return ProbeOutcome("timeout", detail=f"no answer within {self.timeout:g}s")
 
-    async def _probe(self, base: str, with_terminals: bool) -> ProbeOutcome:
+    async def _probe(
+        self, base: str, with_terminals: bool, auth: Mapping[str, str]
+    ) -> ProbeOutcome:
         # One after the other, not at once: a server that does not know the token yet asks
         # the Hub about it for every request that arrives before the Hub's answer (its cache
         # does not wait for a lookup in flight), so two requests at once cost the Hub up to
         # two token checks; in sequence the second finds the first's answer in the cache
         # (benchmark scenario 4, docs/performance.md).
-        kernels = await self._get(base + "api/kernels", "kernels")
+        kernels = await self._get(base + "api/kernels", "kernels", auth)
         if with_terminals:
-            terminals = await self._get(base + "api/terminals", "terminals", missing_is_empty=True)
+            terminals = await self._get(
+                base + "api/terminals", "terminals", auth, missing_is_empty=True
+            )
         else:
             terminals = _Answer([], kernels.date)
         if kernels.date is None:
@@ -153,9 +169,12 @@ class KernelProber:
         activity = activity_from(kernels.body, terminals.body, kernels.date)
         return ProbeOutcome("ok", activity)
 
-    async def _get(self, url: str, what: str, missing_is_empty: bool = False) -> _Answer:
+    async def _get(
+        self, url: str, what: str, auth: Mapping[str, str], missing_is_empty: bool = False
+    ) -> _Answer:
+        params = {"no_track_activity": "1"}
         try:
-            async with self._http.stream("GET", url, params={"no_track_activity": "1"}) as response:
+            async with self._http.stream("GET", url, params=params, headers=auth) as response:
                 if response.status_code == 404 and missing_is_empty:
                     return _Answer([], _date(response))  # terminals switched off
                 if response.status_code != 200:
@@ -192,7 +211,7 @@ def _status_detail(status: int, what: str) -> str:
     if status == 404:
         return f"GET api/{what} answered 404: not a Jupyter server at that address"
     if status == 403:
-        return f"GET api/{what} answered 403: the token may not use this server (access:servers)"
+        return f"GET api/{what} answered 403: the server refused its probe token"
     if 300 <= status < 400:
         return f"GET api/{what} answered a redirect ({status}), not followed"
     return f"GET api/{what} answered {status}"

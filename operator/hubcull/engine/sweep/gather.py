@@ -20,6 +20,7 @@ from ..rules.signals import KernelActivity, ServerKey, ServerSignals, Signals
 from ..rules.warn import Warned
 from ..signals.kernels import KernelProber, ProbeOutcome
 from ..signals.pods import ServerLocator
+from ..signals.probetokens import ProbeTokenRefused, ProbeTokens, TokenMinter
 from .memory import KernelMemory
 from .records import ProbeStats
 
@@ -32,11 +33,28 @@ MAX_PROBE_ROUNDS = 20
 
 @dataclass
 class KernelInspection:
-    """What a sweep of a policy with ``spec.kernels`` needs to look into its servers."""
+    """What a sweep of a policy with ``spec.kernels`` needs to look into its servers: the
+    prober, where the servers are, what earlier sweeps saw, and the probe tokens (made through
+    ``hub``, the policy's Hub client)."""
 
     prober: KernelProber
     locator: ServerLocator
     memory: KernelMemory
+    tokens: ProbeTokens
+    hub: TokenMinter
+
+    async def probe(self, server: Server, terminals: bool) -> ProbeOutcome:
+        """Probe one server with its own probe token. Raises
+        :class:`~hubcull.engine.hub.client.HubAPIError` when the Hub cannot be asked for the
+        token (a refusal for this user is a failed probe of this server alone)."""
+        url, problem = await self.locator.url(server)
+        if url is None:
+            return ProbeOutcome("no_pod", detail=problem)
+        try:
+            token = await self.tokens.token_for(self.hub, server.key)
+        except ProbeTokenRefused as exc:
+            return ProbeOutcome("token_refused", detail=str(exc))
+        return await self.prober.probe(url, terminals=terminals, token=token)
 
 
 @dataclass
@@ -73,7 +91,7 @@ async def read_kernels(
     """
     kernels = policy.kernels
     assert kernels is not None
-    prober, locator, memory = inspection.prober, inspection.locator, inspection.memory
+    locator, memory = inspection.locator, inspection.memory
     reading = KernelReading(dict(known))
     by_kernels = kernels.idle_from == "kernels"
 
@@ -83,12 +101,10 @@ async def read_kernels(
     async def probe(servers: Iterable[Server]) -> None:
         servers = [s for s in servers if s.key not in reading.needed]
         reading.needed.update(s.key for s in servers)
-        urls = [await locator.url(server) for server in servers]  # pods listed once, first
+        for server in servers:
+            await locator.url(server)  # pods listed once, before any probe or token
         outcomes = await asyncio.gather(
-            *(
-                prober.probe(url, terminals=by_kernels) if url is not None else _no_address(problem)
-                for url, problem in urls
-            )
+            *(inspection.probe(server, terminals=by_kernels) for server in servers)
         )
         for server, outcome in zip(servers, outcomes, strict=True):
             reading.stats.count(server, outcome)
@@ -98,6 +114,8 @@ async def read_kernels(
                     memory.note(server, outcome.activity)
 
     running = needs.running_in_scope(policy, snapshot)
+    # the tokens of servers that stopped or left the scope are deleted
+    await inspection.tokens.keep_only(inspection.hub, (server.key for server in running))
     if by_kernels:
         memory.keep_only(running)
         horizon = needs.idle_horizon(policy)
@@ -143,6 +161,3 @@ def systemic_failure(reading: KernelReading, where: str) -> str | None:
         what = f"every probe of this sweep failed ({tried} servers, {where})"
     return f"{what}; first error: {first.label}: {first.detail}"
 
-
-async def _no_address(problem: str) -> ProbeOutcome:
-    return ProbeOutcome("no_pod", detail=problem)

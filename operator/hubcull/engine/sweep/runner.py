@@ -14,10 +14,11 @@ from typing import Any
 
 from ..clock import Clock, utcnow
 from ..errors import SweepError
-from ..hub.client import HubAPIError
+from ..hub.client import HubAPIError, HubClient
 from ..rules.policy import Policy
 from ..signals.kernels import KernelProber
 from ..signals.pods import ServerLocator
+from ..signals.probetokens import ProbeTokens
 from ..signals.prometheus import PrometheusClient
 from ..signals.usage import UsageInspection
 from .connection import new_client
@@ -105,19 +106,23 @@ NEEDS_OPERATOR = (
 
 
 def _kernel_inspection(
-    policy: Policy, sources: SweepSources, locator: ServerLocator
+    policy: Policy,
+    sources: SweepSources,
+    locator: ServerLocator,
+    client: HubClient,
+    tokens: ProbeTokens,
 ) -> KernelInspection | None:
     """How this sweep reaches the servers' Jupyter APIs (``None`` without ``spec.kernels``).
-    The probes carry the Hub token, which the servers check with the Hub."""
+    Each probe carries its server's own probe token (``tokens``, made through ``client``),
+    never the policy's token."""
     if policy.kernels is None:
         return None
     prober = KernelProber(
-        sources.token,
         timeout=policy.kernels.timeout,
         concurrency=policy.concurrency,
         ca_pem=sources.ca_pem,
     )
-    return KernelInspection(prober, locator, sources.memory.kernels)
+    return KernelInspection(prober, locator, sources.memory.kernels, tokens, client)
 
 
 def _usage_inspection(
@@ -177,6 +182,9 @@ async def sweep_policy(
             generation,
             clock,
         )
+    tokens = sources.probe_tokens_for_sweep()
+    if policy.kernels is None and tokens.held:
+        await tokens.release(client)  # spec.kernels was removed: its tokens go
     locator = ServerLocator(policy, sources.pods)  # one pod listing per sweep, kernels and usage
     try:
         usage = _usage_inspection(policy, sources, locator)
@@ -186,7 +194,7 @@ async def sweep_policy(
         detail = f"the Prometheus CA bundle is not a valid PEM bundle ({exc})"
         advice = "put a PEM bundle in the Secret named by spec.usage.prometheus.caSecretRef"
         return failed(previous, "InvalidSpec", detail, generation, clock, advice)
-    kernels = _kernel_inspection(policy, sources, locator)
+    kernels = _kernel_inspection(policy, sources, locator, client, tokens)
     memory = sources.memory
     try:
         result = await run_sweep(
@@ -209,6 +217,8 @@ async def sweep_policy(
             await kernels.prober.aclose()
         if usage is not None:
             await usage.client.aclose()
+        if sources.probe_tokens is None and connection is None:
+            await tokens.release(client)  # a sweep alone keeps no token
         if connection is None:
             await client.aclose()
     status = status_after_sweep(previous, result, policy, generation, clock())

@@ -46,7 +46,8 @@ def required_scopes(policy: Policy) -> list[tuple[str, str]]:
         if not policy.dry_run:
             needed.append(("delete:users", "admin:users"))
     if policy.kernels is not None:
-        needed.append(("access:servers", "access:servers"))  # the servers' own APIs
+        # the probes' per-server tokens are made for the servers' users (never the policy's)
+        needed.append(("tokens", "tokens"))
     return needed
 
 

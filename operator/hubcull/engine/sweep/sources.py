@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from ..clock import Clock, utcnow
 from ..signals.pods import PodSource
+from ..signals.probetokens import ProbeTokens
 from ..signals.prometheus import QueryResult
 from .connection import HubConnection
 from .memory import SweepMemory
@@ -33,6 +34,9 @@ class SweepSources:
     the policy keeps between sweeps (a fresh one: warned servers are warned again and never
     stopped for idleness or maxAge) and ``channel`` where ``spec.warn.webhook`` posts go.
     ``prometheus`` holds the token and CA for ``spec.usage``; ``on_query`` counts its queries.
+    ``probe_tokens`` are the per-server tokens of ``spec.kernels``' probes: by default the
+    ``connection``'s (kept between sweeps), or without a connection made for this sweep and
+    deleted at its end.
     """
 
     token: str
@@ -47,6 +51,15 @@ class SweepSources:
     channel: WarnChannel | None = None
     prometheus: PrometheusAccess | None = None
     on_query: Callable[[QueryResult], None] | None = None
+    probe_tokens: ProbeTokens | None = None
+
+    def probe_tokens_for_sweep(self) -> ProbeTokens:
+        """The probe tokens this sweep uses (see the class's docstring)."""
+        if self.probe_tokens is not None:
+            return self.probe_tokens
+        if self.connection is not None:
+            return self.connection.probe_tokens
+        return ProbeTokens()
 
     @property
     def pods_namespace(self) -> str | None:

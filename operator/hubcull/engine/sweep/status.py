@@ -27,9 +27,10 @@ ADVICE = {
     "InvalidSpec": "fix the fields named and apply the CullPolicy again",
     "HubError": "check the Hub's logs and spec.hub.url",
     "PodsUnavailable": "check that the Kubernetes API server answers the operator",
-    "ProbesFailing": "set spec.kernels.podNamespace to where the servers' pods run, or let "
-    "hubcull reach the servers (NetworkPolicy, spec.kernels.via); nothing that needed a probe "
-    "is stopped for idleness or capacity until then",
+    "ProbesFailing": "set spec.kernels.podNamespace to where the servers' pods run, let "
+    "hubcull reach the servers (NetworkPolicy, spec.kernels.via) and let its token make "
+    "tokens for their users (the tokens scope); nothing that needed a probe is stopped for "
+    "idleness or capacity until then",
     "UsageEmpty": "check spec.usage.queries and that Prometheus keeps the pods' namespace and "
     "pod labels; no server is stopped for idleness or capacity until then",
 }
