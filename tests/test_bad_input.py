@@ -27,8 +27,8 @@ from hubcull.engine.rules.policy import PolicyError, parse_spec
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.kube import Kube
 from tests.support.operator_env import NS, condition, cullpolicy, hubcull_operator, secret
+from tests.support.policies import BAD_POLICIES, Bad, patched
 from tests.support.scenario import TOKEN_REF, populate
-from tests.test_crd import BAD_POLICIES, Bad, patched
 
 HOUR = 3600
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.support.cli import HUBCULL, hubcull, manifest, readme_section, start_hubcull
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.scenario import TOKEN_REF, populate
 from tests.support.webhook import WebhookReceiver
@@ -19,42 +19,6 @@ pytestmark = pytest.mark.hub
 
 HOUR = 3600
 ROOT = Path(__file__).resolve().parent.parent
-HUBCULL = str(Path(sys.executable).with_name("hubcull"))
-
-
-def manifest(path: Path, url: str, name: str = "try", **spec: object) -> Path:
-    doc = {
-        "apiVersion": "hubcull.io/v1alpha1",
-        "kind": "CullPolicy",
-        "metadata": {"name": name, "namespace": "jhub"},
-        "spec": {"hub": {"url": url, "tokenSecretRef": TOKEN_REF}, **spec},
-    }
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
-async def start_hubcull(*args: str, token: str | None = None) -> asyncio.subprocess.Process:
-    """``hubcull ARGS`` as a subprocess with its output piped, the token in its environment."""
-    env = {k: v for k, v in os.environ.items() if k != "JUPYTERHUB_API_TOKEN"}
-    if token is not None:
-        env["JUPYTERHUB_API_TOKEN"] = token
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hubcull.cli",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def hubcull(*args: str, token: str | None = None) -> tuple[int, str, str]:
-    """Run ``hubcull ARGS`` to the end: exit status, stdout, stderr."""
-    proc = await start_hubcull(*args, token=token)
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_sweep_once_prints_each_decision_and_a_summary(hub: Hub, tmp_path: Path) -> None:
@@ -124,14 +88,6 @@ async def test_o_yaml_prints_one_cullpolicy_document_per_policy(hub: Hub, tmp_pa
     assert doc["kind"] == "CullPolicy"
     assert doc["metadata"] == {"name": "try", "namespace": "jhub"}
     assert doc["status"]["culledLastSweep"] == 1 and doc["status"]["serversRunning"] == 2
-
-
-def readme_section(title: str) -> str:
-    """The text of the README section whose heading starts with ``title``."""
-    text = (ROOT / "README.md").read_text()
-    start = text.index(f"\n## {title}")
-    end = text.find("\n## ", start + 1)
-    return text[start : end if end != -1 else None]
 
 
 async def test_readmes_typical_setup_sweeps_every_policy_of_every_file(

@@ -12,32 +12,13 @@ import pytest
 import hubcull.k8s.controller as controller_module
 from hubcull.k8s.controller import SECRET_REREAD_SECONDS, PolicyController
 from hubcull.k8s.metrics import Metrics
+from tests.support.controller_env import SecretsAndStatus
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.scenario import ago, populate, spec_for
 
 pytestmark = pytest.mark.hub
 
 HOUR = 3600
-
-
-class SecretsAndStatus:
-    """The two Kubernetes calls a sweep makes: Secret values by (name, key), status patches."""
-
-    def __init__(self, token: str) -> None:
-        self.values = {("hub", "hub.services.hubcull.apiToken"): token}
-        self.reads = 0
-        self.statuses: list[dict[str, Any]] = []
-
-    async def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
-        self.reads += 1
-        return self.values.get((name, key))
-
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
-        self.statuses.append(status)
-        return True
-
-    def rotate(self, token: str) -> None:
-        self.values[("hub", "hub.services.hubcull.apiToken")] = token
 
 
 def ready(status: dict[str, Any]) -> dict[str, Any]:

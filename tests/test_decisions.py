@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hubcull.engine.hub.model import Server, Snapshot, User
+from hubcull.engine.hub.model import Snapshot
 from hubcull.engine.rules.decisions import decide
 from hubcull.engine.rules.policy import (
     Capacity,
@@ -17,59 +16,8 @@ from hubcull.engine.rules.policy import (
     Safety,
     ServerScope,
     UserCulling,
-    parse_spec,
 )
-
-NOW = datetime(2026, 11, 22, 10, 0, tzinfo=timezone.utc)
-BASE = parse_spec(
-    {"hub": {"url": "http://hub/hub/api", "tokenSecretRef": {"name": "h", "key": "k"}}}
-)
-
-
-def ago(seconds: float | None) -> datetime | None:
-    return None if seconds is None else NOW - timedelta(seconds=seconds)
-
-
-def server(
-    user: str,
-    name: str = "",
-    idle: float | None = 0,
-    age: float | None = 0,
-    *,
-    pending: str | None = None,
-    ready: bool = True,
-    profile: str | None = None,
-    stopped: bool = False,
-) -> Server:
-    return Server(
-        user,
-        name,
-        ready and pending is None and not stopped,
-        pending,
-        stopped,
-        ago(age),
-        ago(idle),
-        profile,
-    )
-
-
-def user(
-    name: str,
-    *servers: Server,
-    admin: bool = False,
-    groups: tuple[str, ...] = (),
-    idle: float | None = None,
-    created: float | None = None,
-) -> User:
-    return User(name, admin, groups, ago(idle), ago(created), servers)
-
-
-def snap(*users: User) -> Snapshot:
-    return Snapshot.from_users(users, NOW)
-
-
-def stops(plan) -> set[tuple[str, str, str]]:
-    return {(d.user, d.server, d.reason) for d in plan.stops}
+from tests.support.decisions import BASE, server, snap, stops, user
 
 
 def test_idle_uses_last_activity_then_started_then_never() -> None:

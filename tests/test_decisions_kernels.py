@@ -11,7 +11,7 @@ from hubcull.engine.rules.decisions import decide
 from hubcull.engine.rules.policy import Capacity, KernelsSpec
 from hubcull.engine.rules.signals import KernelActivity, ServerSignals
 from hubcull.engine.sweep.memory import KernelMemory
-from tests.test_decisions import BASE, NOW, ago, server, snap, stops, user
+from tests.support.decisions import BASE, NOW, ago, server, snap, stops, user
 
 PROTECT = replace(BASE, kernels=KernelsSpec(protect_busy=True))
 BY_KERNELS = replace(BASE, kernels=KernelsSpec(idle_from="kernels"))
@@ -92,13 +92,22 @@ def test_idle_from_kernels_with_no_kernel_and_no_terminal_falls_back_to_the_hub(
 
 
 def test_kernel_times_are_judged_by_the_servers_clock() -> None:
-    """A server whose clock runs 10 minutes behind the Hub: its kernel times are compared
-    with its own Date header, so it is not seen idle 10 minutes early."""
+    """Servers whose clocks run 10 minutes behind the Hub: their kernel times are compared
+    with their own Date header, so a is not seen idle 10 minutes early (3000 s by its clock,
+    3600 s by the Hub's) and b, idle 3700 s by its own clock, is."""
     behind = NOW - timedelta(minutes=10)
-    activity = KernelActivity(behind, behind - timedelta(seconds=3000), kernels=1)
-    snapshot = snap(user("a", server("a", idle=60, age=9000)))
-    plan = decide(BY_KERNELS, snapshot, signals={("a", ""): ServerSignals(activity)})
-    assert stops(plan) == set()
+    quiet = {
+        ("a", ""): KernelActivity(behind, behind - timedelta(seconds=3000), kernels=1),
+        ("b", ""): KernelActivity(behind, behind - timedelta(seconds=3700), kernels=1),
+    }
+    snapshot = snap(
+        user("a", server("a", idle=60, age=9000)), user("b", server("b", idle=60, age=9000))
+    )
+    signals = {key: ServerSignals(activity) for key, activity in quiet.items()}
+    plan = decide(BY_KERNELS, snapshot, signals=signals)
+    assert stops(plan) == {("b", "", "idle")}
+    (decision,) = plan.stops
+    assert (decision.idle_seconds, decision.idle_from) == (3700, "kernels")
 
 
 def test_safety_limits_still_apply_to_kernel_decisions() -> None:

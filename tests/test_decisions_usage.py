@@ -10,7 +10,7 @@ from hubcull.engine.rules.decisions import decide
 from hubcull.engine.rules.policy import Capacity, KernelsSpec, PrometheusSpec, Safety, UsageSpec
 from hubcull.engine.rules.signals import KernelActivity, ServerSignals, UsageReading
 from hubcull.engine.sweep.status import describe_cull
-from tests.test_decisions import BASE, NOW, ago, server, snap, stops, user
+from tests.support.decisions import BASE, NOW, ago, server, snap, stops, user
 
 PROM = PrometheusSpec(url="http://prometheus:9090")
 WORKING = replace(BASE, usage=UsageSpec(PROM, window=600, busy_cpu=0.5, busy_gpu=10))

@@ -15,12 +15,20 @@ from hubcull.engine.rules.policy import Capacity, KernelsSpec, Safety, WarnSpec
 from hubcull.engine.rules.signals import KernelActivity, ServerSignals
 from hubcull.engine.rules.warn import Warned, needs_warning, verdict
 from hubcull.engine.sweep.memory import WarnMemory
-from tests.test_decisions import BASE, NOW, ago, server, snap, stops, user
+from tests.support.decisions import (
+    BASE,
+    NOW,
+    WARN,
+    ago,
+    idle_server,
+    server,
+    snap,
+    stops,
+    user,
+)
 
 MIN = 60
 HOUR = 3600
-# idle after 1h, warned 10 minutes before
-WARN = replace(BASE, idle_timeout=HOUR, warn=WarnSpec(before=10 * MIN))
 
 
 def later(seconds: float) -> datetime:
@@ -33,10 +41,6 @@ def warnings(plan: Plan) -> set[tuple[str, str, str]]:
 
 def pending(plan: Plan) -> set[tuple[str, str, str]]:
     return {(p.user, p.server, p.reason) for p in plan.pending}
-
-
-def idle_server(name: str, idle: float, age: float = 9 * HOUR) -> User:
-    return user(name, server(name, idle=idle, age=age))
 
 
 def test_verdict_table() -> None:
@@ -268,6 +272,10 @@ def test_warn_memory_keeps_exactly_what_the_last_sweep_decided() -> None:
 # --------------------------------------------------------------------------- the guarantee
 
 
+#: The sweep interval once the server stays idle.
+TICK = 30
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     before=st.integers(min_value=10, max_value=1800),
@@ -288,14 +296,19 @@ def test_no_stop_for_idleness_or_max_age_comes_sooner_than_before_after_a_warnin
 ) -> None:
     """One server, swept at arbitrary (coarse or fine) intervals, with activity and restarts
     in between: whenever it is stopped, a warning of the current run was given at least
-    ``before`` earlier, after the last activity if the reason is idleness."""
+    ``before`` earlier, after the last activity if the reason is idleness. Then it stays
+    idle, swept every TICK seconds: it must be stopped, at the latest 2 ticks after the
+    first limit (idleTimeout, maxAge) plus ``before`` from its warning."""
     policy = replace(BASE, idle_timeout=idle_timeout, max_age=max_age, warn=WarnSpec(before))
     started = NOW
     last_activity = NOW
     clock = NOW
     memory = WarnMemory()
     given: list[tuple[datetime, str]] = []  # warnings actually given (reported): when, why
-    for gap, active, restart in steps:
+
+    def sweep(gap: int, active: bool, restart: bool) -> bool:
+        """Sweep ``gap`` seconds after the last one; whether it stopped the server."""
+        nonlocal started, last_activity, clock, memory, given
         clock += timedelta(seconds=gap)
         if active:
             last_activity = clock - timedelta(seconds=1)
@@ -321,7 +334,19 @@ def test_no_stop_for_idleness_or_max_age_comes_sooner_than_before_after_a_warnin
             started = last_activity = clock
             memory = WarnMemory()
             given = []
-        else:
-            waiting = [*plan.warnings, *plan.pending]
-            if waiting:
-                assert plan.next_due is not None and plan.next_due > clock
+            return True
+        waiting = [*plan.warnings, *plan.pending]
+        if waiting:
+            assert plan.next_due is not None and plan.next_due > clock
+        return False
+
+    for gap, active, restart in steps:
+        sweep(gap, active, restart)
+    # the positive case: idle from now on, the server is stopped, and not much later than due
+    limits = [last_activity + timedelta(seconds=idle_timeout)]
+    if max_age:
+        limits.append(started + timedelta(seconds=max_age))
+    warn_from = max(clock, min(limits) - timedelta(seconds=before))
+    deadline = warn_from + timedelta(seconds=before + 2 * TICK)
+    while not sweep(TICK, False, False):
+        assert clock <= deadline, f"not stopped {clock - deadline} after {deadline}"

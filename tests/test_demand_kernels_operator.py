@@ -12,10 +12,9 @@ from tests.support.demand_pods import GPU, running_pod, waiting_pod
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.jupyter import JupyterServer, start_server
 from tests.support.kube import Kube
-from tests.support.operator_env import NS, cullpolicy, hubcull_operator, secret
+from tests.support.operator_env import NS, cullpolicy, hubcull_operator, secret, wait_status
 from tests.support.pods import PODS
 from tests.support.scenario import ago
-from tests.test_operator_e2e import wait_status
 
 pytestmark = [pytest.mark.k8s, pytest.mark.hub]
 

@@ -28,10 +28,10 @@ from tests.support.operator_env import (
     cullpolicy,
     hubcull_operator,
     secret,
+    wait_status,
 )
 from tests.support.pods import PODS
 from tests.support.scenario import populate
-from tests.test_operator_e2e import wait_status
 
 pytestmark = [pytest.mark.k8s, pytest.mark.hub]
 

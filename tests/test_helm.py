@@ -8,9 +8,10 @@ and kopf peerings against their CRDs with jsonschema), and check what matters: t
 NetworkPolicy, and that values.schema.json rejects bad values.
 
 The tests that run helm are marked ``helm``. They need it at .tools/bin/helm
-(``scripts/install_helm.py``) and skip without it, except under CI=true where a missing helm
-fails them. The other tests (values.schema.json, values.yaml comments, the CRD copies, the
-docs) need no helm. ``helm template`` takes ~0.1 s; renders are cached per values.
+(``scripts/install_helm.py``) and skip without it, except under CI=true and scripts/test
+where a missing helm fails them. The other tests (values.schema.json, values.yaml comments,
+the CRD copies, the docs) need no helm. ``helm template`` takes ~0.1 s; renders are cached
+per values.
 """
 
 from __future__ import annotations
@@ -779,8 +780,9 @@ def _rules_file_groups() -> list[dict[str, Any]]:
 
 
 def _promtool_check(groups: list[dict[str, Any]], tmp_path) -> None:
-    """`promtool check rules` on the groups (skips without promtool, fails under CI)."""
-    from tests.test_monitoring import promtool
+    """`promtool check rules` on the groups (skips without promtool, fails when tools are
+    required: tests/support/tools.py)."""
+    from tests.support.tools import promtool
 
     path = tmp_path / "rendered-rules.yaml"
     path.write_text(yaml.safe_dump({"groups": groups}), encoding="utf-8")

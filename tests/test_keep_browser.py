@@ -15,10 +15,16 @@ from aiohttp import web
 
 from tests.support.browser import axe_violations, chromium, require_browser
 from tests.support.jhub import start_hub
-from tests.support.keep_env import PASSWORD, PREFIX, free_port, new_service
+from tests.support.keep_env import (
+    PASSWORD,
+    PREFIX,
+    free_port,
+    new_service,
+    operator_with_service,
+    swept_after,
+)
 from tests.support.kube import Kube
 from tests.support.operator_env import NS, cullpolicy, policy_status, secret
-from tests.test_keep_operator import operator_with_service, swept_after
 
 pytestmark = [pytest.mark.k8s, pytest.mark.hub]
 

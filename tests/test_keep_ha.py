@@ -11,11 +11,10 @@ import httpx
 import pytest
 
 from tests.support.jhub import start_hub
-from tests.support.keep_env import PREFIX, free_port, new_service
+from tests.support.keep_env import PREFIX, free_port, new_service, swept_after, user_token
 from tests.support.kube import Kube, run_operator_process
 from tests.support.operator_env import NS, cullpolicy, policy_status, secret
 from tests.support.scenario import ago
-from tests.test_keep_operator import swept_after, user_token
 
 pytestmark = [pytest.mark.k8s, pytest.mark.hub]
 

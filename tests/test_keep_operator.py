@@ -5,61 +5,28 @@ when its user ends it, and then the server is stopped."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
-import kopf
 import pytest
 from prometheus_client import generate_latest
 
-from hubcull.k8s import handlers
-from hubcull.k8s.metrics import Metrics
 from tests.support.faultproxy import Fault, Seen, fault_proxy
 from tests.support.jhub import Hub, start_hub
-from tests.support.keep_env import PREFIX, KeepService, form_value, login, new_service
-from tests.support.kube import Kube, run_operator
+from tests.support.keep_env import (
+    PREFIX,
+    form_value,
+    login,
+    new_service,
+    operator_with_service,
+    swept_after,
+    user_token,
+)
+from tests.support.kube import Kube
 from tests.support.operator_env import NS, cullpolicy, policy_status, secret
 from tests.support.scenario import ago
 
 pytestmark = [pytest.mark.k8s, pytest.mark.hub]
-
-
-@asynccontextmanager
-async def operator_with_service(
-    kube: Kube, hub: Hub, service: KeepService, api_url: str | None = None
-) -> AsyncIterator[kopf.Memo]:
-    """``hubcull run --service``: the handlers with the service configured, in-process."""
-    await kube.create_namespace(NS)
-    memo = kopf.Memo(
-        metrics=Metrics(),
-        controllers={},
-        served=set(),
-        service_config=service.config(hub, api_url),
-        namespaces=[NS],
-    )
-    async with run_operator(kube, handlers, namespaces=(NS,), memo=memo):
-        yield memo
-
-
-async def swept_after(kube: Kube, previous: str | None) -> dict:
-    """Wait for a sweep that ends after ``previous`` (its lastSweepTime); its status."""
-
-    async def newer() -> dict:
-        status = await policy_status(kube)
-        assert status.get("lastSweepTime") and status["lastSweepTime"] != previous, status
-        return status
-
-    return await kube.wait_for(newer, timeout=40)
-
-
-async def user_token(hub: Hub, user: str) -> str:
-    """A token of ``user``'s own (the Hub gives it the user's permissions)."""
-    response = await hub.request(
-        "POST", f"/users/{user}/tokens", json_body={"note": "keep test"}, expected=(201,)
-    )
-    return response.json()["token"]
 
 
 async def api(hub: Hub, method: str, path: str, token: str, **kwargs) -> httpx.Response:

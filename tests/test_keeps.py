@@ -22,7 +22,7 @@ from hubcull.engine.rules.keeps import (
 )
 from hubcull.engine.rules.policy import PolicyError, parse_spec
 from hubcull.engine.rules.signals import ServerSignals, UsageReading
-from tests.test_decisions import NOW, ago, server, snap, stops, user
+from tests.support.decisions import NOW, ago, server, snap, stops, user
 
 HUB = {"url": "http://hub/hub/api", "tokenSecretRef": {"name": "h", "key": "k"}}
 

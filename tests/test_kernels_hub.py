@@ -12,10 +12,11 @@ these policies use idleTimeouts of seconds; the Hub's own last_activity is backd
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from hubcull.engine.signals.pods import ServerPod
 from hubcull.engine.sweep.memory import SweepMemory
 from hubcull.engine.sweep.runner import SweepOutcome, sweep_policy
 from hubcull.engine.sweep.sources import SweepSources
+from tests.support.cli import hubcull, manifest, readme_section
 from tests.support.faultproxy import Fault, fault_proxy
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.jupyter import (
@@ -38,13 +40,14 @@ from tests.support.jupyter import (
     start_server,
 )
 from tests.support.scenario import ago, policy_for
-from tests.test_cli import hubcull, manifest, readme_section
 
 pytestmark = pytest.mark.hub
 
 USERS = ("ann", "bob", "cat")
-TAB = "tab"  # reports its activity to the Hub every second, like a server with an open tab
+TAB = "tab"  # reports its activity to the Hub often, like a server with an open tab
+TAB_REPORTS = 1  # seconds between the tab server's activity reports to the Hub
 SILENT = "import time; time.sleep(1200)"
+QUIET = 8  # seconds the tab's kernels stay quiet before its activity moves again
 HOURS_2 = 7200.0 + 20  # clear of the Hub Date header's whole seconds: reads "2h"
 
 
@@ -97,7 +100,8 @@ async def lab_servers(jupyter_hub: Hub) -> Lab:
     hub = jupyter_hub
     await hub.create_users([*USERS, TAB])
     started = await asyncio.gather(
-        *(start_server(hub, user) for user in USERS), start_server(hub, TAB, activity_interval=1)
+        *(start_server(hub, user) for user in USERS),
+        start_server(hub, TAB, activity_interval=TAB_REPORTS),
     )
     token = await hub.token([*MINIMAL_SCOPES, "tokens"])
     driver = await hub.token(["access:servers"], note="test driver")
@@ -113,7 +117,7 @@ async def lab(lab_servers: Lab) -> AsyncIterator[Lab]:
         if not (model and model.get("ready")):
             await hub.wait_stopped(user)  # a cull answered 202: the stop may still run
             lab_servers.locations[user] = await start_server(
-                hub, user, activity_interval=1 if user == TAB else None
+                hub, user, activity_interval=TAB_REPORTS if user == TAB else None
             )
     await asyncio.gather(*(backdate(hub, user, 0) for user in [*USERS, TAB]))
     yield lab_servers
@@ -162,6 +166,22 @@ def culled(outcome: SweepOutcome) -> dict[str, str]:
     return {c.user: c.reason for c in outcome.result.culled}
 
 
+async def hub_activity(hub: Hub, user: str) -> datetime:
+    """The Hub's last_activity of the user's default server."""
+    return parse_time((await hub.get_user(user))["servers"][""]["last_activity"])
+
+
+async def hub_sees(hub: Hub, user: str, activity: datetime, timeout: float = 15) -> datetime:
+    """Poll until the Hub's last_activity of the server is ``activity`` or later (the
+    server's report arrived); return it."""
+
+    async def seen() -> datetime | None:
+        found = await hub_activity(hub, user)
+        return found if found >= activity else None
+
+    return await poll_until(seen, f"{user}'s activity {activity} to reach the Hub", timeout)
+
+
 async def running(hub: Hub, user: str) -> bool:
     return bool(((await hub.get_user(user))["servers"].get("") or {}).get("ready"))
 
@@ -192,29 +212,36 @@ async def test_a_busy_kernel_keeps_its_server_and_an_idle_kernel_does_not(lab: L
 async def test_a_kernel_busy_and_silent_longer_than_max_busy_no_longer_protects(
     lab: Lab,
 ) -> None:
+    """The probe sees the busy kernel both times: within maxBusy it keeps the server, past
+    maxBusy it no longer does."""
     ann = lab.client("ann")
     await busy_kernel(ann, silent_for=3)
     await backdate(lab.hub, "ann", HOURS_2)
     spec = {"idleTimeout": "1h", "selector": {"users": ["ann"]}}
     kept = await sweep(lab, lab.pods(), kernels={"protectBusy": True, "maxBusy": "1h"}, **spec)
     assert culled(kept) == {}
+    assert kept.result is not None and kept.result.probes.results == {"ok": 1}
+    [protection] = kept.result.protected
+    assert protection.label == "ann" and protection.why.startswith("kernel busy for ")
     stopped = await sweep(lab, lab.pods(), kernels={"protectBusy": True, "maxBusy": 2}, **spec)
     assert culled(stopped) == {"ann": "idle"}
+    assert stopped.result is not None and stopped.result.probes.results == {"ok": 1}
+    assert stopped.result.protected == [] and stopped.result.probe_failures == []
 
 
 async def test_max_age_stops_a_server_with_a_busy_kernel(lab: Lab) -> None:
+    """The same server without maxAge: the probe sees the busy kernel and it is kept."""
     ann = lab.client("ann")
     await busy_kernel(ann)
     await lab.hub.set_times("ann", "", started=ago(2 * 86400), last_activity=ago(HOURS_2))
-    outcome = await sweep(
-        lab,
-        lab.pods(),
-        idleTimeout="1h",
-        maxAge="1d",
-        kernels={"protectBusy": True},
-        selector={"users": ["ann"]},
-    )
+    spec = {"idleTimeout": "1h", "kernels": {"protectBusy": True}, "selector": {"users": ["ann"]}}
+    kept = await sweep(lab, lab.pods(), dryRun=True, **spec)
+    assert culled(kept) == {}
+    assert kept.result is not None and kept.result.probes.results == {"ok": 1}
+    assert [p.label for p in kept.result.protected] == ["ann"]
+    outcome = await sweep(lab, lab.pods(), maxAge="1d", **spec)
     assert culled(outcome) == {"ann": "maxAge"}
+    assert outcome.result is not None and outcome.result.protected == []
 
 
 async def test_capacity_skips_a_busy_server_and_stops_the_next_longest_idle(lab: Lab) -> None:
@@ -284,38 +311,57 @@ async def test_an_open_tab_keeps_the_hub_fresh_but_idle_kernels_cull_with_idle_f
     lab: Lab,
 ) -> None:
     """JupyterLab's polling moves the server's activity, which reaches the Hub; the kernels
-    have done nothing for longer than idleTimeout."""
+    have done nothing for longer than idleTimeout. idleTimeout comes from the run: just
+    under the kernels' idle time, which stays QUIET seconds ahead of the Hub's."""
     tab = lab.client(TAB)
-    await idle_kernel(tab, 5)
+    kernel = await idle_kernel(tab, QUIET)
+    quiet_since = parse_time(kernel["last_activity"])
+    await backdate(lab.hub, TAB, HOURS_2)  # the tab's next report makes the Hub fresh again
     await tab.touch()  # a tab's poll: GET api/kernels, tracked as activity
     server_activity = await tab.last_activity()
-
-    async def hub_fresh() -> datetime | None:
-        model = (await lab.hub.get_user(TAB))["servers"][""]
-        seen = parse_time(model["last_activity"])
-        return seen if seen >= server_activity else None
-
-    await poll_until(hub_fresh, "the tab's activity to reach the Hub", timeout=15)
+    await hub_sees(lab.hub, TAB, server_activity)
     selector = {"users": [TAB]}
-    by_hub = await sweep(lab, lab.pods(), idleTimeout=4, selector=selector, dryRun=True)
+
+    async def timeout() -> float:
+        """The kernels' idle seconds by the server's clock now, less half a second (a
+        tenth of a second: what a duration like "8.5s" can say)."""
+        idle = (await tab.server_time() - quiet_since).total_seconds()
+        return math.floor((idle - 0.5) * 10) / 10
+
+    idle_timeout = await timeout()
+    by_hub = await sweep(
+        lab, lab.pods(), idleTimeout=f"{idle_timeout}s", selector=selector, dryRun=True
+    )
     assert culled(by_hub) == {}
     protect = {"protectBusy": True}  # protectBusy alone: the Hub still decides idleness
-    by_hub = await sweep(lab, lab.pods(), idleTimeout=4, kernels=protect, selector=selector)
+    idle_timeout = await timeout()
+    by_hub = await sweep(
+        lab, lab.pods(), idleTimeout=f"{idle_timeout}s", kernels=protect, selector=selector
+    )
     assert culled(by_hub) == {}
     by_kernels = await sweep(
-        lab, lab.pods(), idleTimeout=4, kernels={"idleFrom": "kernels"}, selector=selector
+        lab,
+        lab.pods(),
+        idleTimeout=f"{idle_timeout}s",
+        kernels={"idleFrom": "kernels"},
+        selector=selector,
     )
     assert culled(by_kernels) == {TAB: "idle"}
     [entry] = by_kernels.status["recentCulls"]
     assert entry["idleFrom"] == "kernels"
-    assert 4 <= entry["idleSeconds"] < 60  # the kernels' idle time, not the Hub's
+    assert entry["idleSeconds"] < 60  # the kernels' idle time, not the Hub's
+    assert by_kernels.result is not None
+    [decision] = by_kernels.result.culls
+    assert decision.idle_seconds >= idle_timeout
     assert not await running(lab.hub, TAB)
 
 
 async def test_a_terminal_with_recent_output_keeps_its_server(lab: Lab) -> None:
-    await backdate(lab.hub, "ann", HOURS_2)
+    """Idle 2 h by the Hub: kept while the terminal's output is under a minute old (a
+    bound no loaded machine reaches between the output and the sweep), stopped once the
+    terminal has been quiet for a 4 s idleTimeout."""
+    await lab.hub.set_times("ann", "", started=ago(HOURS_2), last_activity=ago(HOURS_2))
     spec = {
-        "idleTimeout": 4,
         "kernels": {"idleFrom": "kernels"},
         "selector": {"users": ["ann"]},
         "dryRun": True,
@@ -324,11 +370,12 @@ async def test_a_terminal_with_recent_output_keeps_its_server(lab: Lab) -> None:
     terminal = await ann.create_terminal()
     async with ann.connect_terminal(terminal["name"]) as shell:
         await shell.run("echo training step 1")
-    kept = await sweep(lab, lab.pods(), **spec)
+    kept = await sweep(lab, lab.pods(), idleTimeout=60, **spec)
     assert culled(kept) == {}
+    assert kept.result is not None and kept.result.probes.results == {"ok": 1}
     quiet = await ann.wait_terminal_quiet(terminal["name"])
     await ann.wait_server_time(parse_time(quiet["last_activity"]) + timedelta(seconds=4))
-    stopped = await sweep(lab, lab.pods(), **spec)
+    stopped = await sweep(lab, lab.pods(), idleTimeout=4, **spec)
     assert culled(stopped) == {"ann": "idle"}
     assert stopped.result is not None
     [decision] = stopped.result.culls
@@ -465,27 +512,31 @@ async def test_a_token_without_tokens_fails_before_anything_is_probed_or_stopped
 
 async def test_probes_move_neither_the_servers_nor_the_hubs_activity(lab: Lab) -> None:
     """Both ways: at the server's own port and through the proxy (this Hub runs with
-    last_activity_interval = 0, as docs/z2jh.md requires for via: proxy)."""
-    ann = lab.client("ann")
-    await idle_kernel(ann, 0)
-    await lab.hub.set_times("ann", "", started=ago(HOURS_2), last_activity=ago(HOURS_2))
-    before_server = await ann.last_activity()
-    before_hub = (await lab.hub.get_user("ann"))["servers"][""]["last_activity"]
-    spec = {
-        "idleTimeout": "1h",
-        "selector": {"users": ["ann"]},
-        "dryRun": True,
-    }
+    last_activity_interval = 0, as docs/z2jh.md requires for via: proxy). The tab's server
+    reports its activity to the Hub every TAB_REPORTS seconds, so activity a probe caused
+    would reach the Hub: after the probes, nothing reaches it for three report intervals;
+    then a tracked request does."""
+    tab = lab.client(TAB)
+    await idle_kernel(tab, 0)
+    await lab.hub.set_times(TAB, "", started=ago(HOURS_2))  # old enough to be probed
+    before_server = await tab.last_activity()
+    before_hub = await hub_sees(lab.hub, TAB, before_server)
+    spec = {"idleTimeout": "1h", "selector": {"users": [TAB]}, "dryRun": True}
     by_pod = await sweep(lab, lab.pods(), kernels={"idleFrom": "kernels"}, **spec)
     proxy = {"idleFrom": "kernels", "via": "proxy", "proxyURL": lab.hub.public_url}
     by_proxy = await sweep(lab, kernels=proxy, **spec)
     assert by_pod.result is not None and by_proxy.result is not None
     assert by_pod.result.probes.results == by_proxy.result.probes.results == {"ok": 1}
-    # the server's clock has moved on since the probes
-    await ann.wait_server_time(datetime.now(timezone.utc) + timedelta(seconds=1))
-    assert await ann.last_activity() == before_server
-    after_hub = (await lab.hub.get_user("ann"))["servers"][""]["last_activity"]
-    assert after_hub == before_hub
+    # the server's clock moves past three of its reports (1 s resolution: one more second)
+    window = timedelta(seconds=3 * TAB_REPORTS + 1)
+    await tab.wait_server_time(await tab.server_time() + window)
+    assert await hub_activity(lab.hub, TAB) == before_hub
+    assert await tab.last_activity() == before_server
+    # what a probe is not: a tracked request, which the next report brings to the Hub
+    await tab.touch()
+    touched = await tab.last_activity()
+    assert touched > before_server
+    await hub_sees(lab.hub, TAB, touched, timeout=window.total_seconds() + 10)
 
 
 # ---------------------------------------------------------------------------- hubcull sweep

@@ -11,26 +11,24 @@
 * Each alert's runbook_url points at its section of docs/monitoring.md.
 
 promtool comes from Debian's prometheus package (scripts/setup); without it these tests
-skip, except under CI=true where they fail.
+skip, except under CI=true and scripts/test where they fail (tests/support/tools.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
+import tarfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
 from hubcull.k8s.metrics import Metrics
-from tests.support.helm import CHART, REPO
+from tests.support.helm import CHART, REPO, run_helm
+from tests.support.tools import promtool
 
 RULES = CHART / "files" / "prometheus-rules.yaml"
 RULES_TEST = REPO / "tests" / "data" / "prometheus-rules-test.yaml"
@@ -49,23 +47,6 @@ GRAFANA_VARIABLES = {
     "__interval": "1m",
     "datasource": "prometheus",
 }
-
-
-def require_promtool() -> str:
-    """promtool's path; skip without it, fail under CI=true."""
-    found = shutil.which("promtool")
-    if found is None:
-        reason = "promtool is not installed (Debian's prometheus package: scripts/setup)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but {reason}", pytrace=False)
-        pytest.skip(reason)
-    return found
-
-
-def promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [require_promtool(), *args], capture_output=True, text=True, timeout=120, check=False
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,7 +365,30 @@ def test_dashboard_json_is_pretty_printed():
 
 
 def test_files_are_in_the_chart_package(tmp_path):
-    """.helmignore keeps files/ in the chart (the templates read it)."""
-    ignore = (CHART / ".helmignore").read_text(encoding="utf-8")
-    assert not re.search(r"^files/?$", ignore, re.M)
-    assert Path(RULES).is_file() and Path(DASHBOARD).is_file()
+    """`helm package` keeps files/ in the chart archive (the templates read it, and an empty
+    read would render no rules and an empty dashboard), byte for byte; the packaged chart
+    renders the PrometheusRule and the dashboard from them."""
+    result = run_helm(["package", str(CHART), "--destination", str(tmp_path)])
+    assert result.returncode == 0, result.output
+    [archive] = tmp_path.glob("hubcull-*.tgz")
+    with tarfile.open(archive) as tar:
+        packed = {
+            member.name.split("/", 1)[1]: tar.extractfile(member).read()  # type: ignore[union-attr]
+            for member in tar.getmembers()
+            if member.isfile()
+        }
+    for path in (RULES, DASHBOARD):
+        name = str(path.relative_to(CHART))
+        assert name in packed, f"{name} is not in {archive.name}: {sorted(packed)}"
+        assert packed[name] == path.read_bytes(), name
+    values = {"prometheusRule": {"enabled": True}, "grafanaDashboard": {"enabled": True}}
+    args = ["template", "hubcull", str(archive), "--namespace", "jhub"]
+    rendered = run_helm(args, values)
+    assert rendered.returncode == 0, rendered.output
+    objects = [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+    [rule] = [o for o in objects if o["kind"] == "PrometheusRule"]
+    alerts = {r["alert"] for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert set(ALERTS) <= alerts
+    [dashboard] = [o for o in objects if o["kind"] == "ConfigMap" and "dashboard" in str(o)]
+    [text] = dashboard["data"].values()
+    assert json.loads(text) == json.loads(DASHBOARD.read_text(encoding="utf-8"))

@@ -22,6 +22,7 @@ from tests.support.operator_env import (
     hubcull_operator,
     policy_status,
     secret,
+    wait_status,
 )
 from tests.support.scenario import ago, populate
 from tests.support.tls import tls_terminator
@@ -30,17 +31,6 @@ pytestmark = [pytest.mark.k8s, pytest.mark.hub]
 
 HOUR = 3600
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
-
-
-async def wait_status(kube: Kube, check, name: str = "default", timeout: float = 30.0) -> dict:
-    """Poll the policy's status until ``check(status)`` holds; return the status."""
-
-    async def ready() -> dict:
-        status = await policy_status(kube, name)
-        assert check(status), status
-        return status
-
-    return await kube.wait_for(ready, timeout=timeout)
 
 
 async def test_policy_culls_idle_servers_and_reports_everything(kube: Kube, hub: Hub) -> None:

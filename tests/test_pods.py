@@ -43,13 +43,32 @@ async def test_pods_are_matched_to_servers_by_kubespawners_annotations(kube: Kub
     }
 
 
-async def test_a_running_pod_wins_over_a_terminating_one(kube: Kube) -> None:
+@pytest.mark.parametrize("terminating_first", [True, False], ids=["old-first", "new-first"])
+async def test_a_running_pod_wins_over_a_terminating_one(
+    kube: Kube, terminating_first: bool
+) -> None:
+    """A restarted server's new pod and its old one, held by a finalizer while it
+    terminates, listed in either order: the new pod is the server's."""
     await kube.create_namespace(NS)
-    await create_pod(kube, singleuser_pod("ann", name="jupyter-ann-new"), ip="10.0.0.2")
     old = singleuser_pod("ann", name="jupyter-ann-old")
     old["metadata"]["finalizers"] = ["test/hold"]
-    await create_pod(kube, old, ip="10.0.0.1")
+    new = singleuser_pod("ann", name="jupyter-ann-new")
+    if terminating_first:
+        await create_pod(kube, old, ip="10.0.0.1")
+        await create_pod(kube, new, ip="10.0.0.2")
+    else:
+        await create_pod(kube, new, ip="10.0.0.2")
+        await create_pod(kube, old, ip="10.0.0.1")
     await kube.delete(PODS, NS, "jupyter-ann-old")  # stays, with a deletionTimestamp
+    # the starting point: both pods listed, running with an IP, the old one terminating
+    listed = await kube.list(PODS, NS)
+    by_name = {pod["metadata"]["name"]: pod for pod in listed}
+    assert set(by_name) == {"jupyter-ann-old", "jupyter-ann-new"}
+    assert by_name["jupyter-ann-old"]["metadata"].get("deletionTimestamp")
+    assert not by_name["jupyter-ann-new"]["metadata"].get("deletionTimestamp")
+    assert {p["status"].get("phase") for p in listed} == {"Running"}
+    first = "jupyter-ann-old" if terminating_first else "jupyter-ann-new"
+    assert listed[0]["metadata"]["name"] == first
     pods = source()
     found = await pods.server_pods()
     await pods.kube.aclose()

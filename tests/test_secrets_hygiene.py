@@ -30,10 +30,10 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
-from hubcull.logs import JSONFormatter
 from tests.support.faultproxy import Fault, fault_proxy
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.kube import KUBE_CONTEXT, Kube, run_operator_process
+from tests.support.leaks import Capture, assert_absent
 from tests.support.operator_env import (
     CULLPOLICIES,
     NS,
@@ -53,27 +53,6 @@ HOUR = 3600
 
 def distinctive_token() -> str:
     return "hubcull-canary-" + pysecrets.token_hex(16)
-
-
-def assert_absent(token: str, where: str, text: str) -> None:
-    assert token not in text, f"the token leaked into {where}"
-    # nor a recognisable piece of it (a message cut short in the middle of the token)
-    assert token[:24] not in text, f"a prefix of the token leaked into {where}"
-
-
-class Capture(logging.Handler):
-    """Every log record of every logger, formatted with its traceback, at DEBUG: as text and
-    as ``hubcull run --log-format json`` writes it (with the fields of hubcull's lines)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        self.json = JSONFormatter()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
-        self.lines.append(self.json.format(record))
 
 
 @pytest.fixture

@@ -29,8 +29,9 @@ from hubcull.engine.signals.pods import ServerPod
 from hubcull.engine.sweep.memory import SweepMemory
 from hubcull.engine.sweep.runner import SweepOutcome, sweep_policy
 from hubcull.engine.sweep.sources import PrometheusAccess, SweepSources
-from tests.support.faultproxy import Fault, fault_proxy
+from tests.support.faultproxy import LISTING, Fault, fault_proxy
 from tests.support.jhub import MINIMAL_SCOPES, Hub
+from tests.support.jupyter import JupyterError, poll_until
 from tests.support.prometheus import GPU_METRIC, Usage
 from tests.support.scenario import TOKEN_REF, policy_for, populate
 from tests.support.tls import tls_terminator
@@ -43,6 +44,10 @@ HOUR = 3600
 HUB_IDLE = 2 * HOUR
 HUB_FRESH = 60
 QUERY = r"^GET /api/v1/query\?"
+#: How late the Hub's listing and Prometheus answer in the concurrency test (seconds).
+DELAY = 4.0
+#: The Prometheus (and Hub) request timeout in the cancel test (seconds).
+TIMEOUT = 30
 
 
 class PodNames:
@@ -84,13 +89,16 @@ class Lab:
         pods: PodNames | None = None,
         url: str | None = None,
         prometheus: PrometheusAccess | None = None,
+        hub_url: str | None = None,
         **spec: Any,
     ) -> SweepOutcome:
-        """One sweep of every user's default server, each with its pod ``jupyter-<user>``."""
+        """One sweep of every user's default server, each with its pod ``jupyter-<user>``
+        (``hub_url``: the Hub's API at another address, e.g. a fault proxy)."""
         users = sorted(u for u, _ in await self.hub.running_servers())
         spec.setdefault("idleTimeout", "1h")
         prometheus_spec = {"url": url or self.usage.prometheus.url}
-        policy = policy_for(self.hub, usage={"prometheus": prometheus_spec, **usage}, **spec)
+        target = hub_url or self.hub
+        policy = policy_for(target, usage={"prometheus": prometheus_spec, **usage}, **spec)
         pods = pods or PodNames({(user, ""): f"jupyter-{user}" for user in users})
         return await sweep_policy(
             policy,
@@ -410,21 +418,80 @@ async def test_https_prometheus_with_a_private_ca(lab: Lab) -> None:
     assert await lab.hub.running_servers() == {("ann", "")}
 
 
-async def test_prometheus_is_read_while_the_hub_is_listed_and_a_hub_failure_wins() -> None:
-    """The queries run concurrently with the Hub listing; when both fail, the reason is the
-    Hub's (and the reading is cancelled)."""
-    down = "http://127.0.0.1:9"
-    policy = policy_for(
-        down + "/hub/api",
-        hub={"url": down + "/hub/api", "tokenSecretRef": TOKEN_REF, "requestTimeout": "1s"},
-        usage={"prometheus": {"url": down}, "busyCPU": 1},
-    )
-    queries: list[str] = []
-    outcome = await sweep_policy(
-        policy, SweepSources("t", pods=PodNames({}), namespace="jhub", on_query=queries.append)
-    )
-    assert outcome.reason == "HubUnreachable"
-    assert queries == ["unreachable"]
+async def test_prometheus_is_read_while_the_hub_is_listed(lab: Lab) -> None:
+    """The Hub's listing and Prometheus each answer DELAY seconds late: the query reaches
+    Prometheus while the listing is held, and the sweep takes one DELAY longer than the same
+    sweep without delays, not two."""
+    await lab.servers({"ann": HUB_IDLE})
+    await lab.usage.cpu("jupyter-ann", 2.0, history=[(15 * MIN, 2.0)])
+    async with (
+        fault_proxy(lab.hub.public_url) as hub,
+        fault_proxy(lab.usage.prometheus.url) as prometheus,
+    ):
+
+        async def timed() -> tuple[SweepOutcome, float]:
+            started = time.monotonic()
+            outcome = await lab.sweep(
+                {"busyCPU": 0.5}, url=prometheus.url, hub_url=hub.api_url, dryRun=True
+            )
+            return outcome, time.monotonic() - started
+
+        fast, baseline = await timed()
+        since_hub, since_prometheus = hub.mark(), prometheus.mark()
+        hub.inject(Fault("slow", LISTING, delay=DELAY))
+        prometheus.inject(Fault("slow", QUERY, delay=DELAY))
+        slow, took = await timed()
+    assert kept(fast) == kept(slow) == {"ann": "CPU 2 cores over the last 10m"}
+    [listing] = hub.requests(LISTING, since_hub)
+    [query] = prometheus.requests(QUERY, since_prometheus)
+    assert listing.finished is not None and query.finished is not None
+    assert query.started < listing.finished and listing.started < query.finished
+    assert DELAY <= took < baseline + 1.5 * DELAY, (took, baseline)
+
+
+async def test_a_hub_failure_wins_and_abandons_the_prometheus_read(lab: Lab) -> None:
+    """Prometheus holds the query (no answer until its timeout); the Hub answers the listing
+    404 once the query has arrived: the sweep fails at once with the Hub's reason, and the
+    held query is abandoned (its connection closed long before the timeout), neither
+    answered nor failed."""
+    await lab.servers({"ann": HUB_IDLE})
+    arrived: list[bool] = []
+    async with (
+        fault_proxy(lab.hub.public_url) as hub,
+        fault_proxy(lab.usage.prometheus.url) as prometheus,
+    ):
+
+        async def after_the_query(_: object) -> None:
+            """Hold the listing until Prometheus has the query (at most TIMEOUT / 3)."""
+            try:
+                await poll_until(lambda: prometheus.count(QUERY), "the query", TIMEOUT / 3)
+            except JupyterError:
+                arrived.append(False)
+            else:
+                arrived.append(True)
+
+        prometheus.inject(Fault("hang", QUERY))
+        hub.inject(Fault("status", LISTING, status=404, hook=after_the_query))
+        started = time.monotonic()
+        outcome = await lab.sweep(
+            {"busyCPU": 0.5},
+            url=prometheus.url,
+            hub_url=hub.api_url,
+            hub={"requestTimeout": TIMEOUT},
+        )
+        took = time.monotonic() - started
+        assert arrived == [True], "the query was not sent while the Hub was listed"
+        [query] = prometheus.requests(QUERY)
+        await poll_until(lambda: query.finished, "the query to be abandoned", TIMEOUT / 3)
+        assert query.finished is not None
+        held = query.finished - query.started
+    assert outcome.reason == "HubError", outcome.message
+    assert "404" in (outcome.message or "")
+    assert took < TIMEOUT / 3, f"the sweep waited {took:.1f}s for Prometheus"
+    assert held < TIMEOUT / 3, f"the query was held {held:.1f}s"
+    assert query.status is None  # no answer reached hubcull
+    assert lab.queries == {}  # cancelled: neither answered nor failed
+    assert await lab.hub.running_servers() == {("ann", "")}
 
 
 # ---------------------------------------------------------------------------- hubcull sweep

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import time
 from collections.abc import Iterator
 
 import pytest
 from prometheus_client import generate_latest
 
+from hubcull.engine.durations import parse_duration
 from tests.support.faultproxy import Fault, fault_proxy
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.kube import Kube
+from tests.support.leaks import Capture, assert_absent
 from tests.support.operator_env import (
     condition,
     cullpolicy,
@@ -24,7 +28,6 @@ from tests.support.operator_env import (
 from tests.support.pods import create_pod, singleuser_pod
 from tests.support.prometheus import Usage
 from tests.support.scenario import populate
-from tests.test_secrets_hygiene import Capture, assert_absent
 
 pytestmark = [pytest.mark.k8s, pytest.mark.hub, pytest.mark.prometheus]
 
@@ -108,6 +111,7 @@ async def test_prometheus_down_culls_nothing_and_culling_resumes_when_it_is_back
     kube: Kube, clean_hub: Hub, usage: Usage, logs: Capture
 ) -> None:
     hub, ns, prometheus = clean_hub, usage.namespace, usage.prometheus
+    populated = time.time()
     hub_token = await gpu_lab(kube, hub, usage)
     await prometheus.stop()
     try:
@@ -137,6 +141,7 @@ async def test_prometheus_down_culls_nothing_and_culling_resumes_when_it_is_back
                 return culled
 
             culled = await kube.wait_for(culled_events)
+            elapsed = time.time() - populated  # bob's idle time grew this much at most
             events = await kube.events_for(ns, "default")
             metrics = generate_latest(memo["metrics"].registry).decode()
     finally:
@@ -148,7 +153,14 @@ async def test_prometheus_down_culls_nothing_and_culling_resumes_when_it_is_back
     }
     assert status["serversProtected"] == 1  # cat: 2 cores busy
     assert await hub.running_servers() == {("cat", "")}
-    assert culled == ["stopped ann (GPU idle 20m)", "stopped bob (idle 2h)"]
+    # bob: idle 2 h when populated, and for however long the restarts took since then
+    bob = next(c for c in status["recentCulls"] if c["user"] == "bob")
+    assert 2 * HOUR - 1 <= bob["idleSeconds"] <= 2 * HOUR + elapsed + 1, (bob, elapsed)
+    ann_event, bob_event = culled
+    assert ann_event == "stopped ann (GPU idle 20m)"  # the GPU's window: idleTimeout
+    said = re.fullmatch(r"stopped bob \(idle (\S+)\)", bob_event)
+    assert said, bob_event
+    assert abs(parse_duration(said.group(1)) - bob["idleSeconds"]) <= 30  # to the minute
     labels = f'namespace="{ns}",policy="default"'
     assert f'hubcull_servers_culled_total{{{labels},reason="idleGPU"}} 1.0' in metrics
     assert f'hubcull_prometheus_queries_total{{{labels},result="unreachable"}}' in metrics

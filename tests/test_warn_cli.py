@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import hubcull, manifest, start_hubcull
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.scenario import populate
 from tests.support.warn_env import secret_url, warn
 from tests.support.webhook import WebhookReceiver
-from tests.test_cli import hubcull, manifest, start_hubcull
 
 pytestmark = pytest.mark.hub
 

@@ -12,14 +12,20 @@ from prometheus_client import generate_latest
 
 from hubcull.k8s.controller import PolicyController
 from hubcull.k8s.metrics import Metrics
+from tests.support.controller_env import SecretsAndStatus
 from tests.support.jhub import MINIMAL_SCOPES, Hub
 from tests.support.kube import Kube
-from tests.support.operator_env import NS, cullpolicy, hubcull_operator, policy_status, secret
+from tests.support.operator_env import (
+    NS,
+    cullpolicy,
+    hubcull_operator,
+    policy_status,
+    secret,
+    wait_status,
+)
 from tests.support.scenario import populate, spec_for
 from tests.support.warn_env import WEBHOOK_REF, secret_url, warn
 from tests.support.webhook import WebhookReceiver
-from tests.test_controller import SecretsAndStatus
-from tests.test_operator_e2e import wait_status
 
 pytestmark = [pytest.mark.k8s, pytest.mark.hub]
 

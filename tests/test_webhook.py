@@ -17,9 +17,8 @@ from hubcull.engine.sweep import notify as notify_module
 from hubcull.engine.sweep import webhook as webhook_module
 from hubcull.engine.sweep.notify import WarnChannel, notify
 from hubcull.engine.sweep.webhook import Webhook, WebhookURLError, check_url, mask
+from tests.support.decisions import WARN, idle_server, snap
 from tests.support.webhook import WebhookReceiver
-from tests.test_decisions import snap
-from tests.test_decisions_warn import WARN, idle_server
 
 PAYLOAD = {"type": "warning", "user": "ann", "text": "ann will be stopped in about 10m"}
 

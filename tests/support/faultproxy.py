@@ -34,6 +34,9 @@ through first and then applies to ``times`` of them (``None``: all). Kinds:
 ``hook``       ``await hook(seen)`` (e.g. restart the Hub, kill an operator), then forward
 =============  ==================================================================================
 
+A fault of another kind with a ``hook`` awaits it first, then applies (e.g. answer 403 once
+another request has arrived).
+
 :meth:`FaultProxy.refuse` closes the listening socket and every open connection (clients get
 "connection refused"); :meth:`FaultProxy.accept` opens it again on the same port.
 
@@ -323,6 +326,8 @@ class FaultProxy:
         fault = self._fault_for(seen.line)
         kind = fault.kind if fault else None
         seen.fault = kind
+        if fault is not None and fault.hook is not None and kind != "hook":
+            await fault.hook(seen)  # first, then the fault (e.g. fail once X has happened)
         if fault is None or kind in ("truncate", "cut", "drop", "skip", "offset", "slow", "hook"):
             if kind == "slow":
                 await asyncio.sleep(fault.delay)  # type: ignore[union-attr]

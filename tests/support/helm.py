@@ -2,8 +2,8 @@
 
 ``helm`` is found at ``.tools/bin/helm`` (``scripts/setup`` installs it there with
 ``scripts/install_helm.py``) or else on PATH. When it is missing the helm tests skip on a
-developer's machine, but fail under CI (``CI=true``), where a skipped chart test would pass
-unnoticed.
+developer's machine, but fail under CI (``CI=true``) and scripts/test, where a skipped chart
+test would pass unnoticed (tests/support/tools.py).
 
 Renders are cached per (values, namespace, extra args): ``helm template`` is fast (~50 ms)
 but the suite asks for the same render many times.
@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
+
+from tests.support.tools import missing_tool
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "hubcull"
@@ -41,16 +42,14 @@ def helm_binary() -> Path | None:
 
 
 def require_helm() -> Path:
-    """Return helm's path; skip the test without it (fail instead when CI=true)."""
+    """Return helm's path; skip the test without it (fail instead when tools are required)."""
     helm = helm_binary()
     if helm is None:
         reason = (
             f"helm is not installed at {TOOLS_HELM.relative_to(REPO)} nor on PATH; "
             "run `.venv/bin/python scripts/install_helm.py .tools/bin`"
         )
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but {reason}", pytrace=False)
-        pytest.skip(reason)
+        missing_tool(reason)
     return helm
 
 

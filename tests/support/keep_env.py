@@ -7,12 +7,19 @@ from __future__ import annotations
 import re
 import secrets
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
+import kopf
 
+from hubcull.k8s import handlers
+from hubcull.k8s.metrics import Metrics
 from hubcull.service.config import ServiceConfig
 from tests.support.jhub import MINIMAL_SCOPES, Hub
+from tests.support.kube import Kube, run_operator
+from tests.support.operator_env import NS, policy_status
 
 PREFIX = "/services/hubcull/"
 PASSWORD = "keep-test-password"
@@ -97,3 +104,39 @@ async def login(hub: Hub, user: str) -> tuple[httpx.AsyncClient, httpx.Response]
     )
     assert page.status_code == 200 and page.url.path == PREFIX, (page.status_code, page.url)
     return client, page
+
+
+@asynccontextmanager
+async def operator_with_service(
+    kube: Kube, hub: Hub, service: KeepService, api_url: str | None = None
+) -> AsyncIterator[kopf.Memo]:
+    """``hubcull run --service``: the handlers with the service configured, in-process."""
+    await kube.create_namespace(NS)
+    memo = kopf.Memo(
+        metrics=Metrics(),
+        controllers={},
+        served=set(),
+        service_config=service.config(hub, api_url),
+        namespaces=[NS],
+    )
+    async with run_operator(kube, handlers, namespaces=(NS,), memo=memo):
+        yield memo
+
+
+async def swept_after(kube: Kube, previous: str | None) -> dict:
+    """Wait for a sweep that ends after ``previous`` (its lastSweepTime); its status."""
+
+    async def newer() -> dict:
+        status = await policy_status(kube)
+        assert status.get("lastSweepTime") and status["lastSweepTime"] != previous, status
+        return status
+
+    return await kube.wait_for(newer, timeout=40)
+
+
+async def user_token(hub: Hub, user: str) -> str:
+    """A token of ``user``'s own (the Hub gives it the user's permissions)."""
+    response = await hub.request(
+        "POST", f"/users/{user}/tokens", json_body={"note": "keep test"}, expected=(201,)
+    )
+    return response.json()["token"]

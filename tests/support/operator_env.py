@@ -66,3 +66,14 @@ async def policy_status(kube: Kube, name: str = "default", namespace: str = NS) 
 def condition(status: dict, type_: str) -> dict:
     """One condition of a status, or {}."""
     return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
+
+
+async def wait_status(kube: Kube, check, name: str = "default", timeout: float = 30.0) -> dict:
+    """Poll the policy's status until ``check(status)`` holds; return the status."""
+
+    async def ready() -> dict:
+        status = await policy_status(kube, name)
+        assert check(status), status
+        return status
+
+    return await kube.wait_for(ready, timeout=timeout)
