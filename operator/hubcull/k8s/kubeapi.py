@@ -98,21 +98,8 @@ class KubeAPI:
         """Every pod in ``namespace`` matching ``label_selector``, following ``continue``.
 
         Raises :class:`KubeForbidden` when RBAC refuses and :class:`KubeError` otherwise."""
-        path = f"/api/v1/namespaces/{quote(namespace)}/pods"
-        items: list[dict[str, Any]] = []
-        params = {"labelSelector": label_selector, "limit": "500"}
-        while True:
-            response = await self._request("GET", path, params=params)
-            if response.status_code == 403:
-                raise KubeForbidden(f"the operator may not list pods in namespace {namespace}")
-            if response.status_code >= 400:
-                raise KubeError(f"listing pods in {namespace} failed ({response.status_code})")
-            body = response.json()
-            items.extend(body.get("items") or [])
-            token = (body.get("metadata") or {}).get("continue")
-            if not token:
-                return items
-            params = {**params, "continue": token}
+        items, _, _ = await self.list_pods_at(namespace, label_selector)
+        return items
 
     async def list_pods_at(
         self, namespace: str, label_selector: str

@@ -95,6 +95,32 @@ class CullRecord(ServerLabelled):
     for_pod: str | None = None
     frees: tuple[str, ...] = ()
 
+    @classmethod
+    def of(
+        cls,
+        d: ServerDecision,
+        now: datetime,
+        outcome: str,
+        *,
+        dry_run: bool = False,
+        error: str | None = None,
+    ) -> CullRecord:
+        """The record of decision ``d`` carried out (or not) at ``now``."""
+        return cls(
+            d.user,
+            d.server,
+            d.reason,
+            d.idle_seconds,
+            now,
+            dry_run,
+            outcome,
+            d.remove,
+            error,
+            d.idle_from,
+            d.for_pod,
+            d.frees,
+        )
+
 
 @dataclass(frozen=True)
 class DemandSkip(ServerLabelled):

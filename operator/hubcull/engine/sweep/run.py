@@ -37,34 +37,8 @@ async def _stop(client: HubClient, d: ServerDecision, now: datetime) -> CullReco
     try:
         outcome = await client.stop_server(d.user, d.server, remove=d.remove)
     except HubAPIError as exc:
-        return CullRecord(
-            d.user,
-            d.server,
-            d.reason,
-            d.idle_seconds,
-            now,
-            False,
-            "failed",
-            d.remove,
-            str(exc),
-            d.idle_from,
-            d.for_pod,
-            d.frees,
-        )
-    return CullRecord(
-        d.user,
-        d.server,
-        d.reason,
-        d.idle_seconds,
-        now,
-        False,
-        outcome,
-        d.remove,
-        None,
-        d.idle_from,
-        d.for_pod,
-        d.frees,
-    )
+        return CullRecord.of(d, now, "failed", error=str(exc))
+    return CullRecord.of(d, now, outcome)
 
 
 #: Re-classifying a pod at its own Unschedulable time, with no wait: whether it still waits.
@@ -175,22 +149,7 @@ async def execute(
         plan.stops = kept
     now = clock()
     if plan.dry_run:
-        culls = [
-            CullRecord(
-                d.user,
-                d.server,
-                d.reason,
-                d.idle_seconds,
-                now,
-                True,
-                "dryRun",
-                d.remove,
-                idle_from=d.idle_from,
-                for_pod=d.for_pod,
-                frees=d.frees,
-            )
-            for d in plan.stops
-        ]
+        culls = [CullRecord.of(d, now, "dryRun", dry_run=True) for d in plan.stops]
         removals = [
             CullRecord(d.user, d.server, d.reason, d.idle_seconds, now, True, "dryRun", True)
             for d in plan.removals
