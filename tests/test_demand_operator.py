@@ -297,6 +297,59 @@ async def test_missing_rbac_names_the_verb_and_stops_nothing(
     assert (await kube.get(CULLPOLICIES, NS, "default"))["status"].get("culledTotal", 0) == 0
 
 
+def access_reviews(kube: Kube) -> list[dict]:
+    """The SelfSubjectAccessReviews the operator posted, oldest first."""
+    return [
+        r.data["spec"]["resourceAttributes"]
+        for r in kube.emulator
+        if r.resource is not None and r.resource.plural == "selfsubjectaccessreviews"
+    ]
+
+
+async def test_a_refused_events_create_stops_nothing_until_rbac_grants_it(
+    kube: Kube, clean_hub: Hub
+) -> None:
+    """RBAC lets the operator watch pods and list Events but not create Events (the
+    FreeingRoom Event a waiting user sees on the spawn page): it asks RBAC first, stops no
+    server, and Ready says which verb is missing and how to grant it. Once a role grants it,
+    the next sweep (here: a spec edit, sooner than the 5 minutes an allowed answer is
+    trusted) frees room."""
+    hub = clean_hub
+    await gpu_servers(kube, hub, {"gpu-old": 3 * HOUR + 300})
+    await waiting_pod(kube, "newcomer", since=120)
+    kube.emulator.deny("create", "events", NS)
+    async with hubcull_operator(kube, allow_errors=True):
+        await kube.create(secret(await hub.token(MINIMAL_SCOPES)))
+        await kube.create(gpu_policy(hub))
+        status = await wait_status(
+            kube, lambda s: condition(s, "Ready").get("reason") == "Forbidden"
+        )
+        ready = condition(status, "Ready")
+        assert ready["status"] == "False"
+        assert f"RBAC refused events create in namespace {NS}" in ready["message"]
+        assert "create and list on events" in ready["message"]
+        assert "inspectServers=true" in ready["message"]
+        assert {"namespace": NS, "verb": "create", "group": "", "resource": "events"} in (
+            access_reviews(kube)
+        )
+        assert ("gpu-old", "") in await hub.running_servers()
+        assert status.get("culledTotal", 0) == 0 and not status.get("recentCulls")
+
+        kube.emulator.allow("create", "events", NS)
+        await kube.patch(CULLPOLICIES, NS, "default", {"spec": {"idleTimeout": "23h"}})
+        status = await wait_status(kube, lambda s: s.get("culledTotal") == 1)
+        [freeing] = await kube.wait_for(lambda: pod_events(kube, "jupyter-newcomer"))
+    assert condition(status, "Ready")["status"] == "True"
+    assert ("gpu-old", "") not in await hub.running_servers()
+    [record] = status["recentCulls"]
+    assert (record["user"], record["reason"], record["for"]) == (
+        "gpu-old",
+        "demand",
+        "jupyter-newcomer",
+    )
+    assert freeing["message"].startswith("stopping an idle server (gpu-old")
+
+
 async def test_room_on_its_way_is_not_made_twice(kube: Kube, clean_hub: Hub) -> None:
     """The pod stays Unschedulable while the stopped server's pod terminates: a sweep soon
     after (here: a spec edit) stops no second server for it."""

@@ -550,6 +550,96 @@ async def test_fault_injection_with_kmock_reactions(kube: Kube) -> None:
     assert await kube.get(CULLPOLICIES, NS, "toy") is not None
 
 
+ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+
+
+def access_review(verb: str, resource: str, namespace: str = NS, group: str = "") -> dict:
+    """What ``kubectl auth can-i VERB RESOURCE -n NAMESPACE`` posts."""
+    attributes = {"namespace": namespace, "verb": verb, "group": group, "resource": resource}
+    return {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": attributes},
+    }
+
+
+async def test_rbac_refusals_answer_403_and_access_reviews(kube: Kube) -> None:
+    """Everything is allowed until a test denies it; a refused request gets the API server's
+    403 and a SelfSubjectAccessReview says the same; allow() undoes deny()."""
+    await kube.create_namespace(NS)
+    await kube.create_namespace("other")
+    assert await kube.request("GET", f"/api/v1/namespaces/{NS}/events") is not None
+    review = await kube.request("POST", ACCESS_REVIEWS, json=access_review("create", "events"))
+    assert review["kind"] == "SelfSubjectAccessReview" and review["status"]["allowed"] is True
+    assert review["spec"]["resourceAttributes"]["resource"] == "events"
+
+    kube.emulator.deny("create", "events", NS)
+    kube.emulator.deny("list", "pods")  # in every namespace
+    event = {"metadata": {"generateName": "x."}, "reason": "Test", "message": "m"}
+    with pytest.raises(KubeApiError) as refused:
+        await kube.request("POST", f"/api/v1/namespaces/{NS}/events", json=event)
+    assert refused.value.status == 403 and refused.value.body["reason"] == "Forbidden"
+    assert refused.value.body["message"] == (
+        'events is forbidden: User "system:serviceaccount:hubcull:hubcull" cannot create '
+        f'resource "events" in API group "" in the namespace "{NS}"'
+    )
+    await kube.request("POST", "/api/v1/namespaces/other/events", json=event)  # not there
+    with pytest.raises(KubeApiError) as listing:
+        await kube.list("v1/pods", "other")
+    assert listing.value.status == 403
+    assert await kube.list("v1/events", NS) == []  # listing stays allowed; nothing created
+
+    answers = {
+        (verb, resource, namespace): (
+            await kube.request(
+                "POST", ACCESS_REVIEWS, json=access_review(verb, resource, namespace)
+            )
+        )["status"]
+        for verb, resource, namespace in [
+            ("create", "events", NS),
+            ("create", "events", "other"),
+            ("list", "events", NS),
+            ("list", "pods", "other"),
+            ("create", "events", ""),  # in every namespace: not if refused in one
+        ]
+    }
+    assert answers == {
+        ("create", "events", NS): {"allowed": False},
+        ("create", "events", "other"): {"allowed": True, "reason": ANY_REASON},
+        ("list", "events", NS): {"allowed": True, "reason": ANY_REASON},
+        ("list", "pods", "other"): {"allowed": False},
+        ("create", "events", ""): {"allowed": False},
+    }
+    apps = access_review("create", "events", group="events.k8s.io")
+    assert (await kube.request("POST", ACCESS_REVIEWS, json=apps))["status"]["allowed"] is True
+
+    kube.emulator.allow("create", "events", NS)
+    review = await kube.request("POST", ACCESS_REVIEWS, json=access_review("create", "events"))
+    assert review["status"]["allowed"] is True
+    await kube.request("POST", f"/api/v1/namespaces/{NS}/events", json=event)
+
+    with pytest.raises(KubeApiError) as invalid:
+        await kube.request("POST", ACCESS_REVIEWS, json={"spec": {}})
+    assert invalid.value.status == 422 and "exactly one of" in invalid.value.body["message"]
+    discovery = await kube.request("GET", "/apis/authorization.k8s.io/v1")
+    [declared] = discovery["resources"]
+    assert (declared["name"], declared["verbs"], declared["namespaced"]) == (
+        "selfsubjectaccessreviews",
+        ["create"],
+        False,
+    )
+
+
+class _AnyReason(str):
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and bool(other)
+
+    __hash__ = str.__hash__
+
+
+ANY_REASON = _AnyReason()
+
+
 async def test_httpx_client_for_a_connection_info(kube: Kube) -> None:
     info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
     assert info is not None and info.server == kube.url and info.token

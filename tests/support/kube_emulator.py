@@ -34,9 +34,17 @@ reactions with these API-server semantics:
 * State changes happen in kmock's fallback reactions, so a test reaction that intercepts a
   request (fault injection) leaves the state unchanged; kmock changes the state first.
 
-Not emulated: authentication and RBAC, admission and schema validation, namespace existence
-checks and cascading deletion, owner references and garbage collection, pagination
-(``limit``/``continue`` return everything at once), server-side apply, bookmarks.
+* RBAC as a table of refusals: everything is allowed unless a test calls
+  :meth:`ApiServerEmulator.deny` (undone by :meth:`~ApiServerEmulator.allow`) for a verb, a
+  resource and optionally a namespace. A refused request is answered ``403 Forbidden`` with the
+  API server's message, and ``POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews``
+  answers from the same table (``201``, the review with ``status.allowed``; a refusal has no
+  ``reason``, as RBAC has no opinion then). Test reactions (``emulator[...] << 403``) still
+  come first, as for every other request.
+
+Not emulated: authentication, RBAC roles and bindings, admission and schema validation,
+namespace existence checks and cascading deletion, owner references and garbage collection,
+pagination (``limit``/``continue`` return everything at once), server-side apply, bookmarks.
 """
 
 from __future__ import annotations
@@ -68,6 +76,17 @@ JSON_PATCH: Final = "application/json-patch+json"
 MERGE_PATCHES: Final = frozenset(
     {"application/merge-patch+json", "application/strategic-merge-patch+json"}
 )
+#: Who the emulator says is asking, in RBAC's messages (there is no authentication here).
+USER: Final = "system:serviceaccount:hubcull:hubcull"
+#: The RBAC verb of each request kmock classifies (PUT is "update", see rbac_verb).
+RBAC_VERBS: Final = {
+    kmock.action.LIST: "list",
+    kmock.action.WATCH: "watch",
+    kmock.action.FETCH: "get",
+    kmock.action.CREATE: "create",
+    kmock.action.UPDATE: "patch",
+    kmock.action.DELETE: "delete",
+}
 IMMUTABLE_METADATA: Final = (
     "name",
     "namespace",
@@ -81,6 +100,8 @@ IMMUTABLE_METADATA: Final = (
 
 Body = dict[str, Any]
 ObjectKey = tuple[kmock.resource, str | None, str]
+#: A refusal: (verb, API group, resource, namespace or None for every namespace)
+Refusal = tuple[str, str, str, str | None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +115,7 @@ class ResourceDecl:
     singular: str | None = None
     shortnames: tuple[str, ...] = ()
     status: bool = False  # whether it has a status subresource
+    verbs: frozenset[str] = ALL_VERBS
 
     @property
     def key(self) -> str:
@@ -128,6 +150,14 @@ DEFAULT_RESOURCES: Final[tuple[ResourceDecl, ...]] = (
         singular="cullpolicy",
         shortnames=("cullpol",),
         status=True,
+    ),
+    # what `kubectl auth can-i` and the operator ask RBAC with (create only, cluster-scoped)
+    ResourceDecl(
+        "authorization.k8s.io/v1",
+        "selfsubjectaccessreviews",
+        "SelfSubjectAccessReview",
+        namespaced=False,
+        verbs=frozenset({"create"}),
     ),
     # kopf's peering CRDs; kopf stores the peers in .status, and its CRDs have no
     # status subresource. Because they are discoverable here, an operator started without
@@ -372,12 +402,15 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     _log_floor: int = attrs.field(default=0, init=False)  # oldest resourceVersion to resume
     _log_changed: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
     _watchers: dict[tuple[kmock.resource, str | None], int] = attrs.field(factory=dict, init=False)
+    _refusals: set[Refusal] = attrs.field(factory=set, init=False)
 
     def __attrs_post_init__(self) -> None:
         # kmock registers list/watch/fetch/create/update/delete fallbacks bound to the
         # _serve_* methods, which are overridden below; PUT is not classified by kmock.
         super().__attrs_post_init__()
         self.fallback[kmock.method.PUT] << self._serve_replace
+        # RBAC: before every other fallback (a sub-priority within them), after test reactions
+        (self.fallback**1)[self._refused] << self._serve_forbidden
         if self.declare_defaults:
             for decl in DEFAULT_RESOURCES:
                 self.declare(decl)
@@ -391,8 +424,31 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             singular=decl.singular or decl.kind.lower(),
             namespaced=decl.namespaced,
             shortnames=set(decl.shortnames),
-            verbs=set(ALL_VERBS),
+            verbs=set(decl.verbs),
             subresources={"status"} if decl.status else set(),
+        )
+
+    def deny(
+        self, verb: str, resource: str, namespace: str | None = None, *, group: str = ""
+    ) -> None:
+        """Refuse ``verb`` on ``resource`` (a plural, or ``plural/subresource``) of API
+        ``group`` (core by default) in ``namespace`` (``None``: in every namespace), as RBAC
+        does when no role grants it: the request gets 403 and a SelfSubjectAccessReview for
+        it says ``allowed: false``. Everything not denied is allowed."""
+        self._refusals.add((verb, group, resource, namespace))
+
+    def allow(
+        self, verb: str, resource: str, namespace: str | None = None, *, group: str = ""
+    ) -> None:
+        """Undo :meth:`deny` with the same arguments (a role granting it was bound)."""
+        self._refusals.discard((verb, group, resource, namespace))
+
+    def refuses(self, verb: str, group: str, resource: str, namespace: str | None) -> bool:
+        """Whether RBAC refuses the request. ``namespace`` ``None`` (or ``""``) asks about
+        the cluster scope or every namespace: any refusal of the verb and resource counts."""
+        return any(
+            (v, g, r) == (verb, group, resource) and ns in {None, namespace or ns}
+            for v, g, r, ns in self._refusals
         )
 
     @property
@@ -574,11 +630,99 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             self._commit(key, "DELETED", copy.deepcopy(new), new)
         return new
 
+    # --- RBAC ---
+
+    @staticmethod
+    def rbac_verb(request: kmock.Request) -> str | None:
+        """The verb RBAC checks a request for (``None`` for discovery and other paths)."""
+        if request.resource is None or request.resource.plural is None:
+            return None
+        if str(getattr(request.method, "value", request.method)).upper() == "PUT":
+            return "update"
+        if request.action == kmock.action.DELETE and request.name is None:
+            return "deletecollection"
+        return RBAC_VERBS.get(request.action) if request.action is not None else None
+
+    def _refused(self, request: kmock.Request) -> bool:
+        verb = self.rbac_verb(request)
+        if verb is None or request.resource is None:
+            return False
+        resource = str(request.resource.plural)
+        if request.subresource:
+            resource = f"{resource}/{request.subresource}"
+        group = str(request.resource.group or "")
+        return self.refuses(verb, group, resource, request.namespace)
+
+    async def _serve_forbidden(self, request: kmock.Request) -> Body:
+        """The API server's 403 for a request RBAC refuses."""
+        assert request.resource is not None
+        verb = self.rbac_verb(request)
+        plural = str(request.resource.plural)
+        resource = f"{plural}/{request.subresource}" if request.subresource else plural
+        group = str(request.resource.group or "")
+        where = "at the cluster scope"
+        if request.namespace:
+            where = f'in the namespace "{request.namespace}"'
+        subject = f'{plural} "{request.name}"' if request.name else plural
+        details: Body = {"group": group, "kind": plural}
+        if request.name:
+            details["name"] = request.name
+        raise kmock.KubernetesError(
+            status=403,
+            reason="Forbidden",
+            message=(
+                f'{subject} is forbidden: User "{USER}" cannot {verb} resource "{resource}" '
+                f'in API group "{group}" {where}'
+            ),
+            details=details,
+        )
+
+    def _serve_access_review(self, request: kmock.Request) -> kmock.Response:
+        """A SelfSubjectAccessReview answered from the refusals (``201`` with the review)."""
+        review = request.data
+        if not isinstance(review, dict):
+            raise k8s_error(400, "BadRequest", "the body must be a JSON object")
+        spec = review.get("spec")
+        spec = spec if isinstance(spec, dict) else {}
+        attributes = spec.get("resourceAttributes")
+        if (attributes is None) == (spec.get("nonResourceAttributes") is None):
+            raise k8s_error(
+                422,
+                "Invalid",
+                'SelfSubjectAccessReview.authorization.k8s.io "" is invalid: '
+                "spec.resourceAttributes: Invalid value: null: exactly one of "
+                "nonResourceAttributes or resourceAttributes must be specified",
+            )
+        allowed = True
+        if isinstance(attributes, dict):
+            resource = str(attributes.get("resource") or "")
+            if attributes.get("subresource"):
+                resource = f"{resource}/{attributes['subresource']}"
+            allowed = not self.refuses(
+                str(attributes.get("verb") or ""),
+                str(attributes.get("group") or ""),
+                resource,
+                attributes.get("namespace") or None,
+            )
+        status: Body = {"allowed": allowed}
+        if allowed:
+            status["reason"] = "allowed by the emulator (no RBAC refusal for this request)"
+        answer = {
+            "kind": "SelfSubjectAccessReview",
+            "apiVersion": "authorization.k8s.io/v1",
+            "metadata": {"creationTimestamp": None},
+            "spec": copy.deepcopy(spec),
+            "status": status,
+        }
+        return kmock.Response(status=201, payload=answer)
+
     # --- the verbs (kmock's fallback reactions) ---
 
     async def _serve_create(self, request: kmock.Request) -> kmock.Response:
         info = self._info(request.resource)
         assert request.resource is not None
+        if info.kind == "SelfSubjectAccessReview":  # answered, never stored
+            return self._serve_access_review(request)
         if request.name is not None or request.subresource is not None:
             raise k8s_error(405, "MethodNotAllowed", "POST is served on collections only")
         if not isinstance(request.data, dict):

@@ -42,7 +42,8 @@ WATCH_SECONDS = 300
 SYNC_TIMEOUT_SECONDS = 10.0
 #: Pause before listing again after a failure (doubling up to the maximum).
 RETRY_SECONDS, MAX_RETRY_SECONDS = 1.0, 30.0
-#: How long an answer of RBAC about ``events create`` is trusted.
+#: How long RBAC's yes to ``events create`` is trusted. A no (or no answer) is asked again
+#: at the next sweep, so a role granted after a ``Forbidden`` takes effect at once.
 ACCESS_REVIEW_SECONDS = 300.0
 #: After a server was stopped for a pod, no other is stopped for it for this long: the Hub's
 #: stop and the pod's termination (30 s grace by default) take time, and the pod stays
@@ -184,7 +185,7 @@ class DemandHub:
         self.watches: dict[str, PodWatch] = {}
         self._timers: dict[tuple[str, str, str], asyncio.TimerHandle] = {}
         self._woken: set[tuple[str, str, str, datetime | None]] = set()
-        self._access: dict[str, tuple[float, bool | None]] = {}
+        self._allowed_at: dict[str, float] = {}  # namespace -> when RBAC last said yes
         #: policies in a sweep that has not read the pods yet: that sweep will see a pod
         #: that starts waiting now, so it needs no wake-up (which would sweep twice)
         self._unread: set[tuple[str, str]] = set()
@@ -292,14 +293,17 @@ class DemandHub:
         )
 
     async def may_post_events(self, namespace: str) -> bool | None:
-        """Whether RBAC lets the operator create Events in ``namespace`` (asked at most every
-        :data:`ACCESS_REVIEW_SECONDS`; ``None``: unknown)."""
-        kept = self._access.get(namespace)
+        """Whether RBAC lets the operator create Events in ``namespace`` (``None``: unknown).
+        A yes is trusted for :data:`ACCESS_REVIEW_SECONDS`; anything else is asked again."""
+        said_yes = self._allowed_at.get(namespace)
         now = time.monotonic()
-        if kept is not None and now - kept[0] < ACCESS_REVIEW_SECONDS:
-            return kept[1]
+        if said_yes is not None and now - said_yes < ACCESS_REVIEW_SECONDS:
+            return True
         allowed = await self.kube.may(namespace, "create", "events")
-        self._access[namespace] = (now, allowed)
+        if allowed is True:
+            self._allowed_at[namespace] = now
+        else:
+            self._allowed_at.pop(namespace, None)
         return allowed
 
 
