@@ -329,6 +329,10 @@ def main() -> None:
             f"| {min(samples):.2f} s | {max(samples):.2f} s |\n"
         )
         print(f"servers stopped: {result['culled']}, sweeps: {result['sweeps']:g}\n")
+        print("Kubernetes API requests during the reaction run:\n")
+        for kind, count in sorted(result["kinds"].items()):
+            print(f"- {kind}: {count}")
+        print()
         if not args.skip_timer:
             timer = asyncio.run(timer_reaction(args.pods, args.timer_every, args.timer_idle))
             waits = timer["samples"]
@@ -349,10 +353,6 @@ def main() -> None:
                 f"{_percentile(waits, 0.95) / _percentile(samples, 0.95):.0f}x "
                 f"(timer sweeps: {timer['sweeps']:g})\n"
             )
-        print("Kubernetes API requests during the reaction run:\n")
-        for kind, count in sorted(result["kinds"].items()):
-            print(f"- {kind}: {count}")
-        print()
     if args.skip_scale:
         return
     found = scale(args.scale_servers, args.scale_waiting)
