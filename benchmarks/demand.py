@@ -10,6 +10,11 @@ for each, the reaction is the time from the moment its ``after`` has passed (its
 victim's ``DELETE`` reaching the Hub (the proxy's timestamp). The Kubernetes API requests of
 the run are counted by kind.
 
+Reference (``--skip-timer`` leaves it out): the same setup without ``spec.demand``, a
+timer-only culler with ``every: 30s`` (``--timer-every``), each waiting pod paired with a
+server that crosses ``idleTimeout`` exactly when the pod's ``after`` has passed (the timer's
+best case); the wait is measured the same way, and printed beside the reaction with the ratio.
+
 Scale (the pure steps, in this process): ``--scale-servers`` running servers, each with a pod
 (GPU or CPU, on 50 nodes, two node pools), and ``--scale-waiting`` waiting pods: the time to
 classify every pod (``demand_data``) and to decide with and without ``spec.demand``
@@ -121,6 +126,74 @@ async def reaction(servers: int, pods: int) -> dict[str, Any]:
         "culled": status.get("culledTotal"),
         "sweeps": sweeps,
     }
+
+
+async def timer_reaction(pods: int, every: float, idle_timeout: float) -> dict[str, Any]:
+    """The same setup without ``spec.demand``: a timer-only culler (``every``, ``idleTimeout``).
+
+    Each waiting pod is paired with one idle GPU server whose ``last_activity`` is set, right
+    after the pod turns Unschedulable, so that it crosses ``idleTimeout`` exactly when the
+    pod's ``after`` (5 s, as in the demand run) has passed: the best case for a timer, where
+    a server becomes stoppable the moment the pod is due and only the sweep phase remains.
+    Pods start one every ``every / pods`` seconds, so their due times spread evenly over one
+    sweep period. The wait is the time from that moment to the server's ``DELETE`` at the Hub.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        async with (
+            start_hub(directory / "hub") as hub,
+            fault_proxy(hub.public_url) as proxy,
+            kube_server(directory) as kube,
+        ):
+            os.environ["KUBECONFIG"] = str(kube.kubeconfig_path)
+            users = [f"tmr{i:03d}" for i in range(pods)]
+            await populate(hub, {(u, ""): None for u in users})
+            await kube.create_namespace(NS)
+            for user in users:
+                await running_pod(
+                    kube,
+                    user,
+                    node=f"gpu-{hash(user) % 4}",
+                    requests={"cpu": "500m", "memory": "1Gi"},
+                    limits={GPU: "1"},
+                )
+            memo = kopf.Memo(metrics=Metrics(), controllers={}, served=set())
+            async with run_operator(kube, handlers, namespaces=[NS], memo=memo):
+                await kube.create(secret(await hub.token(MINIMAL_SCOPES)))
+                policy = cullpolicy(
+                    proxy.api_url, every=f"{every:g}s", idleTimeout=f"{idle_timeout:g}s"
+                )
+                await kube.create(policy)
+
+                async def first_sweep() -> bool:
+                    return (await policy_status(kube)).get("lastSweepTime") is not None
+
+                await kube.wait_for(first_sweep, timeout=60)
+                mark = proxy.mark()
+                dues: dict[str, float] = {}
+                for i, user in enumerate(users):
+                    pod = await waiting_pod(kube, f"new{i:03d}", since=0, message=GPU_MESSAGE)
+                    condition = pod["status"]["conditions"][0]["lastTransitionTime"]
+                    since = datetime.fromisoformat(condition.replace("Z", "+00:00"))
+                    due = since + timedelta(seconds=AFTER)
+                    dues[user] = due.timestamp()
+                    crossing = due - timedelta(seconds=idle_timeout)
+                    await hub.set_times_bulk(
+                        [{"user": user, "server": "", "last_activity": crossing}]
+                    )
+                    await asyncio.sleep(every / pods)  # pods arrive at a steady pace
+
+                def all_stopped() -> bool:
+                    return len(proxy.stops(mark)) >= len(users)
+
+                await kube.wait_for(all_stopped, timeout=every * 3 + 60, interval=0.05)
+                stops = proxy.stops(mark)
+                sweeps = memo["metrics"].sweeps.labels(NS, "default", "success")._value.get()
+    samples = []
+    for user, due in dues.items():
+        stop = next(s for s in stops if f"/users/{user}/" in s.path)
+        samples.append(stop.started - due)
+    return {"samples": samples, "sweeps": sweeps, "every": every, "idle_timeout": idle_timeout}
 
 
 def _scale_inputs(servers: int, waiting: int) -> tuple[Any, Snapshot, list[dict], datetime]:
@@ -245,6 +318,10 @@ def main() -> None:
     parser.add_argument("--scale-servers", type=int, default=2000)
     parser.add_argument("--scale-waiting", type=int, default=100)
     parser.add_argument("--skip-reaction", action="store_true")
+    parser.add_argument("--skip-scale", action="store_true", help="no pure-step scale run")
+    parser.add_argument("--skip-timer", action="store_true", help="no timer-only reference")
+    parser.add_argument("--timer-every", type=float, default=30.0, help="seconds (default 30)")
+    parser.add_argument("--timer-idle", type=float, default=120.0, help="idleTimeout, seconds")
     args = parser.parse_args()
     print(f"# spec.demand benchmark ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n")
     if not args.skip_reaction:
@@ -261,6 +338,37 @@ def main() -> None:
         for kind, count in sorted(result["kinds"].items()):
             print(f"- {kind}: {count}")
         print()
+        if not args.skip_timer:
+            timer = asyncio.run(timer_reaction(args.pods, args.timer_every, args.timer_idle))
+            waits = timer["samples"]
+            print(
+                f"## Reference: timer only (no spec.demand), every: {timer['every']:g}s, "
+                f"idleTimeout: {timer['idle_timeout']:g}s, {len(waits)} waiting pods\n"
+            )
+            print("| culler | median | p95 | min | max |\n|---|---|---|---|---|")
+            for name, values in (("spec.demand, every: 10m", samples), ("timer only", waits)):
+                print(
+                    f"| {name} | {statistics.median(values):.2f} s "
+                    f"| {_percentile(values, 0.95):.2f} s | {min(values):.2f} s "
+                    f"| {max(values):.2f} s |"
+                )
+            print(
+                f"\ntimer only / spec.demand: median "
+                f"{statistics.median(waits) / statistics.median(samples):.0f}x, p95 "
+                f"{_percentile(waits, 0.95) / _percentile(samples, 0.95):.0f}x "
+                f"(timer sweeps: {timer['sweeps']:g})\n"
+            )
+            scaled = 600 / timer["every"]
+            late = sum(1 for w in waits if w * scaled > 300 - AFTER)
+            print(
+                f"timer waits, sorted (s): {', '.join(f'{w:.2f}' for w in sorted(waits))}\n\n"
+                f"extrapolated to every: 10m (x{scaled:g}, not measured): median "
+                f"{statistics.median(waits) * scaled / 60:.1f} min, p95 "
+                f"{_percentile(waits, 0.95) * scaled / 60:.1f} min; {late} of {len(waits)} "
+                f"past KubeSpawner's 300 s start timeout\n"
+            )
+    if args.skip_scale:
+        return
     found = scale(args.scale_servers, args.scale_waiting)
     print(
         f"## Scale: {args.scale_servers} running servers with pods, "
