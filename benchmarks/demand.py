@@ -33,6 +33,7 @@ import tempfile
 import time
 import tracemalloc
 from collections import Counter
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,18 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+async def gpu_pods(kube: Any, users: Iterable[str]) -> None:
+    """A running KubeSpawner-shaped pod with one GPU for each user, on four nodes in turn."""
+    for i, user in enumerate(users):
+        await running_pod(
+            kube,
+            user,
+            node=f"gpu-{i % 4}",
+            requests={"cpu": "500m", "memory": "1Gi"},
+            limits={GPU: "1"},
+        )
+
+
 async def reaction(servers: int, pods: int) -> dict[str, Any]:
     """Run the reaction measurement; returns the samples and the request counts."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,14 +88,7 @@ async def reaction(servers: int, pods: int) -> dict[str, Any]:
             users = {f"gpu{i:03d}": 3 * HOUR + 60 * i for i in range(servers)}
             await populate(hub, {(u, ""): idle for u, idle in users.items()})
             await kube.create_namespace(NS)
-            for user in users:
-                await running_pod(
-                    kube,
-                    user,
-                    node=f"gpu-{hash(user) % 4}",
-                    requests={"cpu": "500m", "memory": "1Gi"},
-                    limits={GPU: "1"},
-                )
+            await gpu_pods(kube, users)
             memo = kopf.Memo(metrics=Metrics(), controllers={}, served=set())
             async with run_operator(kube, handlers, namespaces=[NS], memo=memo):
                 await kube.create(secret(await hub.token(MINIMAL_SCOPES)))
@@ -149,14 +155,7 @@ async def timer_reaction(pods: int, every: float, idle_timeout: float) -> dict[s
             users = [f"tmr{i:03d}" for i in range(pods)]
             await populate(hub, {(u, ""): None for u in users})
             await kube.create_namespace(NS)
-            for user in users:
-                await running_pod(
-                    kube,
-                    user,
-                    node=f"gpu-{hash(user) % 4}",
-                    requests={"cpu": "500m", "memory": "1Gi"},
-                    limits={GPU: "1"},
-                )
+            await gpu_pods(kube, users)
             memo = kopf.Memo(metrics=Metrics(), controllers={}, served=set())
             async with run_operator(kube, handlers, namespaces=[NS], memo=memo):
                 await kube.create(secret(await hub.token(MINIMAL_SCOPES)))
