@@ -550,6 +550,42 @@ async def test_fault_injection_with_kmock_reactions(kube: Kube) -> None:
     assert await kube.get(CULLPOLICIES, NS, "toy") is not None
 
 
+class CountingLog(list):
+    """A request log that counts how often it is read through."""
+
+    reads = 0
+
+    def __iter__(self) -> Any:
+        self.reads += 1
+        return super().__iter__()
+
+
+async def test_serving_does_not_replay_the_request_log(kube: Kube) -> None:
+    """kmock tests a reaction by replaying every request served so far through its filters,
+    so each request costs more than the last (a 2,000-pod benchmark slowed to a pod a
+    second). Filter and fallback reactions are answered without reading the log; a sliced
+    reaction, which depends on the earlier requests, still reads it and still works."""
+    await kube.create_namespace(NS)
+    emulator = kube.emulator
+    log = CountingLog(emulator._requests)
+    emulator._requests = log
+    policies = emulator.resource(CULLPOLICIES)
+    emulator["get", policies][lambda request: request.name == "broken"] << 503
+    await kube.create(cullpolicy())
+    for _ in range(20):
+        assert await kube.get(CULLPOLICIES, NS, "toy") is not None
+    with pytest.raises(KubeApiError) as e503:
+        await kube.get(CULLPOLICIES, NS, "broken")
+    assert e503.value.status == 503
+    assert log.reads == 0
+    emulator["delete", policies][:1] << 500
+    with pytest.raises(KubeApiError) as e500:
+        await kube.delete(CULLPOLICIES, NS, "toy")
+    assert e500.value.status == 500 and log.reads > 0
+    await kube.delete(CULLPOLICIES, NS, "toy")
+    assert await kube.get(CULLPOLICIES, NS, "toy") is None
+
+
 ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 
 
