@@ -386,14 +386,6 @@ def helps(hold: ServerHold, pod: WaitingPod) -> bool:
     )
 
 
-def _covers(holds: Sequence[ServerHold], pod: WaitingPod) -> bool:
-    for resource in pod.lacking:
-        freed = sum((h.requests.get(resource, Fraction(0)) for h in holds), Fraction(0))
-        if freed <= 0 or freed < pod.requests.get(resource, Fraction(0)):
-            return False
-    return True
-
-
 def _cover(pool: Sequence[tuple[Judged, ServerHold]], pod: WaitingPod) -> list[int] | None:
     """Indexes into ``pool`` (longest-idle first) of as few servers as cover ``pod``: take
     servers in order until covered (running totals), then drop every one not needed, least
@@ -409,11 +401,63 @@ def _cover(pool: Sequence[tuple[Judged, ServerHold]], pod: WaitingPod) -> list[i
             break
     else:
         return None
-    for index in reversed(list(chosen) if len(chosen) > 1 else []):
-        rest = [i for i in chosen if i != index]
-        if rest and _covers([pool[i][1] for i in rest], pod):
-            chosen = rest
+    for index in reversed(chosen[:] if len(chosen) > 1 else []):
+        hold = pool[index][1]
+        left = {r: freed[r] - hold.requests.get(r, Fraction(0)) for r in pod.lacking}
+        if len(chosen) > 1 and all(left[r] > 0 and left[r] >= need[r] for r in pod.lacking):
+            chosen.remove(index)
+            freed = left
     return chosen
+
+
+@dataclass
+class _Group:
+    """The eligible servers that help one kind of waiting pod, by node (in the order of each
+    node's longest-idle server), with the most each node's server frees of each resource."""
+
+    pools: dict[str | None, list[tuple[Judged, ServerHold]]]
+    most: dict[str | None, dict[str, Fraction]]
+    seen_used: int = 0
+
+    @classmethod
+    def of(
+        cls,
+        eligible: Sequence[tuple[Judged, ServerHold]],
+        offers: Mapping[ServerKey, tuple[frozenset[str], frozenset[tuple[str, str]]]],
+        lacking: frozenset[str],
+        selector: frozenset[tuple[str, str]],
+    ) -> _Group:
+        pools: dict[str | None, list[tuple[Judged, ServerHold]]] = {}
+        for item in eligible:
+            offer = offers.get(item[0].key)
+            if offer is not None and lacking <= offer[0] and selector <= offer[1]:
+                pools.setdefault(item[1].node, []).append(item)
+        most = {
+            node: {r: max(h.requests.get(r, Fraction(0)) for _, h in pool) for r in lacking}
+            for node, pool in pools.items()
+        }
+        return cls(pools, most)
+
+    def order(self, used: set[ServerKey]) -> list[str | None]:
+        """The nodes with a server left, by their longest-idle server left (servers in
+        ``used`` are dropped first)."""
+        if len(used) != self.seen_used:
+            for node, pool in list(self.pools.items()):
+                pool[:] = [item for item in pool if item[0].key not in used]
+                if not pool:
+                    del self.pools[node]
+            self.seen_used = len(used)
+        return sorted(
+            self.pools, key=lambda n: (-(self.pools[n][0][0].idle or 0.0), self.pools[n][0][0].key)
+        )
+
+    def fewest(self, node: str | None, pod: WaitingPod) -> int:
+        """At least how many of ``node``'s servers it takes to cover ``pod``."""
+        counts = [
+            -(-pod.requests.get(r, Fraction(0)) // most) if most > 0 else 1
+            for r, most in self.most[node].items()
+        ]
+        return max([1, *(int(c) for c in counts)])
 
 
 def choose_victims(
@@ -444,35 +488,32 @@ def choose_victims(
     }
     used: set[ServerKey] = set()
     victims: list[Victim] = []
+    # per (lacking, nodeSelector): the helping servers by node, each list longest-idle
+    # first, built once; servers are dropped from a list as they are used
+    groups: dict[tuple[frozenset[str], frozenset[tuple[str, str]]], _Group] = {}
     for pod in waiting:
         if pod.unfreeable or pod.name in helped:
             continue
-        lacking, selector = frozenset(pod.lacking), frozenset(pod.node_selector.items())
-        by_node: dict[str | None, list[tuple[Judged, ServerHold]]] = {}
-        for item in eligible:
-            key = item[0].key
-            if key in used or key not in offers:
-                continue
-            positive, carried = offers[key]
-            if lacking <= positive and selector <= carried:
-                by_node.setdefault(item[1].node, []).append(item)
+        signature = (frozenset(pod.lacking), frozenset(pod.node_selector.items()))
+        group = groups.get(signature)
+        if group is None:
+            group = groups[signature] = _Group.of(eligible, offers, *signature)
         best: list[tuple[Judged, ServerHold]] | None = None
-        # nodes come in the order of their longest-idle server: once one stop on a node
-        # covers the pod, a node whose longest-idle server is less idle cannot do better
-        for pool in by_node.values():
-            if (
-                best is not None
-                and len(best) == 1
-                and (best[0][0].idle or 0.0) >= (pool[0][0].idle or 0.0)
+        best_rank: tuple[int, float] | None = None
+        for node in group.order(used):
+            pool = group.pools[node]
+            if best_rank is not None and (
+                group.fewest(node, pod) >= best_rank[0]
+                and -(pool[0][0].idle or 0.0) >= best_rank[1]
             ):
-                break
+                continue  # it cannot take fewer servers, nor more idle ones
             picked = _cover(pool, pod)
             if picked is None:
                 continue
             cover = [pool[i] for i in picked]
             rank = (len(cover), -max(j.idle or 0.0 for j, _ in cover))
-            if best is None or rank < (len(best), -max(j.idle or 0.0 for j, _ in best)):
-                best = cover
+            if best_rank is None or rank < best_rank:
+                best, best_rank = cover, rank
         for judgement, hold in best or []:
             used.add(judgement.key)
             frees = tuple(r for r in pod.lacking if hold.requests.get(r, Fraction(0)) > 0)
