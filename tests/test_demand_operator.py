@@ -11,6 +11,7 @@ import kmock
 import pytest
 from prometheus_client import generate_latest
 
+import hubcull.k8s.demand as demand_module
 from tests.support.demand_pods import (
     CPU_MESSAGE,
     GPU,
@@ -307,13 +308,14 @@ def access_reviews(kube: Kube) -> list[dict]:
 
 
 async def test_a_refused_events_create_stops_nothing_until_rbac_grants_it(
-    kube: Kube, clean_hub: Hub
+    kube: Kube, clean_hub: Hub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """RBAC lets the operator watch pods and list Events but not create Events (the
     FreeingRoom Event a waiting user sees on the spawn page): it asks RBAC first, stops no
-    server, and Ready says which verb is missing and how to grant it. Once a role grants it,
-    the next sweep (here: a spec edit, sooner than the 5 minutes an allowed answer is
-    trusted) frees room."""
+    server, and Ready says which verb is missing and how to grant it. The pod still waits,
+    so the policy is woken again (every 30 s, doubling to 5 min; 1 s here) and once a role
+    grants the verb, room is freed with no edit and long before ``every: 10m``."""
+    monkeypatch.setattr(demand_module, "RETRY_AFTER_FAILURE_SECONDS", 1.0)
     hub = clean_hub
     await gpu_servers(kube, hub, {"gpu-old": 3 * HOUR + 300})
     await waiting_pod(kube, "newcomer", since=120)
@@ -335,8 +337,11 @@ async def test_a_refused_events_create_stops_nothing_until_rbac_grants_it(
         assert ("gpu-old", "") in await hub.running_servers()
         assert status.get("culledTotal", 0) == 0 and not status.get("recentCulls")
 
+        reviews = len(access_reviews(kube))
+        await kube.wait_for(lambda: len(access_reviews(kube)) > reviews)  # woken, refused again
+        assert ("gpu-old", "") in await hub.running_servers()
+
         kube.emulator.allow("create", "events", NS)
-        await kube.patch(CULLPOLICIES, NS, "default", {"spec": {"idleTimeout": "23h"}})
         status = await wait_status(kube, lambda s: s.get("culledTotal") == 1)
         [freeing] = await kube.wait_for(lambda: pod_events(kube, "jupyter-newcomer"))
     assert condition(status, "Ready")["status"] == "True"

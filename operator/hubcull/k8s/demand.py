@@ -49,6 +49,11 @@ ACCESS_REVIEW_SECONDS = 300.0
 #: stop and the pod's termination (30 s grace by default) take time, and the pod stays
 #: Unschedulable until the scheduler places it in the room made.
 HELPED_SECONDS = 300.0
+#: After a sweep could not read what spec.demand needs (RBAC refused a verb, the API server
+#: failed), a pod that still waits wakes the policy again after this long, doubling up to the
+#: maximum: room is freed soon after a role is granted, without a sweep every few seconds
+#: while it is not.
+RETRY_AFTER_FAILURE_SECONDS, MAX_RETRY_AFTER_FAILURE_SECONDS = 30.0, 300.0
 #: The autoscaler's Events about pods that the demand rules read.
 SCALE_UP_REASONS = ("TriggeredScaleUp", "NotTriggerScaleUp")
 
@@ -190,6 +195,8 @@ class DemandHub:
         #: that starts waiting now, so it needs no wake-up (which would sweep twice)
         self._unread: set[tuple[str, str]] = set()
         self._freed: dict[tuple[str, str, str], float] = {}
+        #: policies whose last demand observation failed: the delay and its wake-up timer
+        self._retries: dict[tuple[str, str], tuple[float, asyncio.TimerHandle]] = {}
 
     def sweep_starts(self, namespace: str, name: str) -> None:
         """A sweep of the policy begins (it will read the pods)."""
@@ -222,6 +229,7 @@ class DemandHub:
             return
         for key in [k for k in self._timers if k[:2] == (namespace, name)]:
             self._timers.pop(key).cancel()
+        self.observed(namespace, name)
         if not any(ns == namespace for ns, _ in self.policies):
             watch = self.watches.pop(namespace, None)
             if watch is not None:
@@ -232,6 +240,9 @@ class DemandHub:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        for _, retry in self._retries.values():
+            retry.cancel()
+        self._retries.clear()
         watches, self.watches = list(self.watches.values()), {}
         await asyncio.gather(*(w.stop() for w in watches))
 
@@ -279,6 +290,42 @@ class DemandHub:
                 delay, self._evaluate, namespace, name, spec, pod_name
             )
 
+    def failed(self, namespace: str, name: str) -> None:
+        """The policy's sweep could not observe the pods: wake it again later if a pod
+        still waits then (a pod that woke it once would not wake it again)."""
+        key = (namespace, name)
+        delay, timer = self._retries.get(key, (0.0, None))
+        if timer is not None:
+            timer.cancel()
+        delay = min(max(delay * 2, RETRY_AFTER_FAILURE_SECONDS), MAX_RETRY_AFTER_FAILURE_SECONDS)
+        handle = asyncio.get_running_loop().call_later(delay, self._retry, namespace, name)
+        self._retries[key] = (delay, handle)
+
+    def observed(self, namespace: str, name: str) -> None:
+        """The policy's sweep observed the pods (or the policy is gone): no retry."""
+        entry = self._retries.pop((namespace, name), None)
+        if entry is not None:
+            entry[1].cancel()
+
+    def _retry(self, namespace: str, name: str) -> None:
+        watch, spec = self.watches.get(namespace), self.policies.get((namespace, name))
+        if watch is None or spec is None:
+            return
+        now = watch.api_now()
+        waiting = [
+            pod
+            for pod in watch.pods.values()
+            if classify(pod_facts(pod), spec, now).state == "waiting"
+        ]
+        if waiting:
+            log.info(
+                "%d pod(s) in %s still wait for room after a failed sweep: waking policy %s",
+                len(waiting),
+                namespace,
+                name,
+            )
+            self.wake(namespace, name)
+
     def source(self, namespace: str, name: str) -> KubeDemandSource:
         """The engine's view of the namespace's waiting pods, for one policy's sweep."""
         return KubeDemandSource(self, namespace, name)
@@ -325,7 +372,17 @@ class KubeDemandSource:
         self.policy = policy
 
     async def observe(self) -> DemandObservation:
-        """The namespace's singleuser pods and the scale-up Events about pods."""
+        """The namespace's singleuser pods and the scale-up Events about pods. If they
+        cannot be read, the policy is woken again later while a pod waits."""
+        try:
+            observation = await self._observe()
+        except PodsUnavailable:
+            self.hub.failed(self.namespace, self.policy)
+            raise
+        self.hub.observed(self.namespace, self.policy)
+        return observation
+
+    async def _observe(self) -> DemandObservation:
         watch = self.hub.watches.get(self.namespace)
         if watch is None:
             raise PodsUnavailable(f"no pod watch runs in namespace {self.namespace}")
@@ -370,6 +427,8 @@ class KubeDemandSource:
         try:
             return await self.hub.kube.read_pod(self.namespace, name)
         except KubeForbidden:
+            self.hub.failed(self.namespace, self.policy)
             raise _forbidden(self.namespace, "pods get") from None
         except (KubeError, httpx.HTTPError, ValueError) as exc:
+            self.hub.failed(self.namespace, self.policy)
             raise PodsUnavailable(f"reading pod {name} failed: {exc}") from None
