@@ -59,3 +59,14 @@ async def test_a_busy_server_is_never_stopped_for_demand(kube: Kube, jupyter_hub
     assert ("ann", "") in running and ("bob", "") not in running
     [record] = status["recentCulls"]
     assert (record["user"], record["reason"], record["for"]) == ("bob", "demand", "jupyter-carol")
+    # the probes found the pods in the demand watch's cache: its one listing, no other
+    listings = [
+        r
+        for r in kube.emulator
+        if r.method == "GET"
+        and r.resource is not None
+        and r.resource.plural == "pods"
+        and r.name is None
+        and not r.params.get("watch")
+    ]
+    assert len(listings) == 1, [str(r.url) for r in listings]

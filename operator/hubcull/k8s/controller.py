@@ -217,7 +217,15 @@ class PolicyController:
             ca_pem=ca_pem,
             clock=self.clock,
             connection=self._hub,
-            pods=KubePodSource(self.kube, pod_namespace) if policy.needs_pods else None,
+            pods=(
+                KubePodSource(
+                    self.kube,
+                    pod_namespace,
+                    self.demand_hub.cached_pods if self.demand_hub is not None else None,
+                )
+                if policy.needs_pods
+                else None
+            ),
             namespace=self.namespace,
             pod_namespace=pod_namespace,
             memory=self.memory,

@@ -326,6 +326,19 @@ class DemandHub:
             )
             self.wake(namespace, name)
 
+    async def cached_pods(self, namespace: str) -> list[dict[str, Any]] | None:
+        """The namespace's singleuser pods from its watch, if one runs there (waiting for its
+        first listing, as a demand sweep does) and is in sync (``None`` otherwise: list them
+        instead)."""
+        watch = self.watches.get(namespace)
+        if watch is None:
+            return None
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(watch.synced.wait(), SYNC_TIMEOUT_SECONDS)
+        if not watch.synced.is_set() or watch.problem is not None:
+            return None
+        return list(watch.pods.values())
+
     def source(self, namespace: str, name: str) -> KubeDemandSource:
         """The engine's view of the namespace's waiting pods, for one policy's sweep."""
         return KubeDemandSource(self, namespace, name)

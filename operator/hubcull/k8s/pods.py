@@ -3,7 +3,7 @@ implementation of the engine's :class:`~hubcull.engine.signals.pods.PodSource`."
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import httpx
@@ -58,17 +58,34 @@ def _rank(pod: Mapping[str, Any]) -> tuple[bool, bool]:
     return (not metadata.get("deletionTimestamp"), status.get("phase") == "Running")
 
 
-class KubePodSource:
-    """Lists the singleuser pods of one namespace (one request per sweep that needs them)."""
+#: The pods of a namespace from a watch that is in sync (``None``: no such watch).
+CachedPods = Callable[[str], Awaitable[Iterable[Mapping[str, Any]] | None]]
 
-    def __init__(self, kube: KubeAPI, namespace: str) -> None:
+
+class KubePodSource:
+    """The singleuser pods of one namespace: from the ``spec.demand`` pod watch when one is
+    in sync there (no request), else listed (one request per sweep that needs them)."""
+
+    def __init__(self, kube: KubeAPI, namespace: str, cached: CachedPods | None = None) -> None:
         self.kube = kube
         self.namespace = namespace
+        self.cached = cached
 
     async def server_pods(self) -> Mapping[ServerKey, ServerPod]:
         """The servers' pods by ``(user, server)``; raises ``PodsUnavailable``."""
+        pods = await self.cached(self.namespace) if self.cached is not None else None
+        if pods is None:
+            pods = await self._list()
+        found: dict[ServerKey, tuple[Mapping[str, Any], ServerPod]] = {}
+        for pod in sorted(pods, key=_rank):
+            entry = server_pod(pod)
+            if entry is not None:
+                found[entry[0]] = (pod, entry[1])  # the best-ranked pod comes last and wins
+        return {key: server for key, (_, server) in found.items()}
+
+    async def _list(self) -> list[Mapping[str, Any]]:
         try:
-            pods = await self.kube.list_pods(self.namespace, SERVER_SELECTOR)
+            return await self.kube.list_pods(self.namespace, SERVER_SELECTOR)
         except KubeForbidden as exc:
             raise PodsUnavailable(
                 f"{exc} (RBAC refused pods list)", reason="Forbidden", advice=FORBIDDEN_ADVICE
@@ -76,9 +93,3 @@ class KubePodSource:
         except (KubeError, httpx.HTTPError, ValueError) as exc:
             detail = str(exc) or type(exc).__name__
             raise PodsUnavailable(f"listing the servers' pods failed: {detail}") from None
-        found: dict[ServerKey, tuple[Mapping[str, Any], ServerPod]] = {}
-        for pod in sorted(pods, key=_rank):
-            entry = server_pod(pod)
-            if entry is not None:
-                found[entry[0]] = (pod, entry[1])  # the best-ranked pod comes last and wins
-        return {key: server for key, (_, server) in found.items()}
