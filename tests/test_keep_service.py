@@ -19,11 +19,12 @@ from tests.support.keep_env import free_port
 PREFIX = "/services/hubcull/"
 
 
-def _service() -> KeepService:
+def _service(**env: str) -> KeepService:
     config = ServiceConfig.from_env(
         {
             "JUPYTERHUB_API_URL": f"http://127.0.0.1:{free_port()}/hub/api",
             "JUPYTERHUB_API_TOKEN": "service-secret-token",
+            **env,
         }
     )
 
@@ -68,6 +69,27 @@ async def test_the_hub_down_fails_logins_clearly_and_crashes_nothing(caplog) -> 
     logged = caplog.text
     assert "users-hub-token" not in logged and "t0k3n" not in logged
     assert "service-secret-token" not in logged
+
+
+async def test_cookies_are_secure_when_users_come_over_https() -> None:
+    """z2jh terminates TLS at its proxy, so the service sees plain http: the state and
+    session cookies are Secure when the proxy says the user came over https
+    (``X-Forwarded-Proto``, which configurable-http-proxy sets) or when the Hub's public
+    URL is https; plain http stays usable for a local Hub."""
+    cases = [
+        ({}, {}, False),
+        ({}, {"X-Forwarded-Proto": "https"}, True),
+        ({"JUPYTERHUB_PUBLIC_URL": "https://hub.example.org"}, {}, True),
+        ({"JUPYTERHUB_HOST": "https://hub.example.org"}, {}, True),
+    ]
+    for env, headers, secure in cases:
+        async with TestClient(TestServer(_service(**env).app())) as client:
+            start = await client.get(PREFIX, headers=headers, allow_redirects=False)
+            assert start.status == 302
+            cookie = start.cookies[STATE_COOKIE]
+            assert bool(cookie["secure"]) is secure, (env, headers)
+            assert cookie["httponly"] and cookie["samesite"] == "Lax"
+            assert cookie["path"] == PREFIX
 
 
 def test_warning_posts_carry_the_keep_url_when_the_page_is_served() -> None:
