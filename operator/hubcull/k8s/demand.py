@@ -294,12 +294,12 @@ class DemandHub:
         """The policy's sweep could not observe the pods: wake it again later if a pod
         still waits then (a pod that woke it once would not wake it again)."""
         key = (namespace, name)
+        loop = asyncio.get_running_loop()
         delay, timer = self._retries.get(key, (0.0, None))
-        if timer is not None:
-            timer.cancel()
+        if timer is not None and not timer.cancelled() and timer.when() > loop.time():
+            return  # a retry is already due (several failures in one sweep count once)
         delay = min(max(delay * 2, RETRY_AFTER_FAILURE_SECONDS), MAX_RETRY_AFTER_FAILURE_SECONDS)
-        handle = asyncio.get_running_loop().call_later(delay, self._retry, namespace, name)
-        self._retries[key] = (delay, handle)
+        self._retries[key] = (delay, loop.call_later(delay, self._retry, namespace, name))
 
     def observed(self, namespace: str, name: str) -> None:
         """The policy's sweep observed the pods (or the policy is gone): no retry."""
