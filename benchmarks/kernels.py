@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import re
@@ -595,9 +596,11 @@ async def scenario4(config: Any, workdir: Path, progress: Progress) -> Scenario4
         bench = BenchHub(hub, spawn_concurrency=config.spawn_concurrency)
         await bench.ensure_running(plan.count)
         # the probes carry per-server tokens, kept for the whole scenario as the operator
-        # keeps them (scenario 5 measures what making them costs)
+        # keeps them: one source per policy, as in the operator (a sweep without
+        # spec.kernels deletes its source's tokens; scenario 5 measures what making them
+        # costs). (b) and (b') are one policy, (c), (d) and (d') another.
         token = await hub.token([*MINIMAL_SCOPES, "tokens"], note="bench-kernels")
-        probe_tokens = ProbeTokens()
+        probe_tokens: dict[str, ProbeTokens] = {}
         log = HubLog(hub)
         async with fake_jupyter(hub_api_direct(hub), workdir / "fakejupyter.log") as fake:
             setup0 = time.monotonic()
@@ -626,8 +629,11 @@ async def scenario4(config: Any, workdir: Path, progress: Progress) -> Scenario4
                     if variant.new_memory:
                         memory = SweepMemory()
                     progress(f"scenario 4: round {round_ + 1}/{config.s4_rounds}: {variant.label}")
+                    tokens = probe_tokens.setdefault(
+                        json.dumps(variant.kernels, sort_keys=True), ProbeTokens()
+                    )
                     sweep, swept, stats = await _sweep_once(
-                        bench, log, fake, policies[variant.key], token, memory, probe_tokens
+                        bench, log, fake, policies[variant.key], token, memory, tokens
                     )
                     sweep.variant, sweep.round = variant.key, round_ + 1
                     elapsed = time.monotonic() - applied
