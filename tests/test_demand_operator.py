@@ -5,6 +5,7 @@ stopped within seconds was stopped because a pod waited."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 import kmock
@@ -71,11 +72,12 @@ async def pod_events(kube: Kube, pod: str, reason: str = "FreeingRoom") -> list[
 
 
 async def test_a_waiting_gpu_pod_gets_the_idlest_gpu_server_stopped(
-    kube: Kube, clean_hub: Hub
+    kube: Kube, clean_hub: Hub, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Two pods wait for a GPU; the idlest GPU server is stopped for the one that waited
     longest, and only that one: the idle CPU server holds no GPU and the other GPU server
     has not been idle for minIdle."""
+    caplog.set_level(logging.INFO, logger="hubcull")
     hub = clean_hub
     await gpu_servers(
         kube,
@@ -113,13 +115,21 @@ async def test_a_waiting_gpu_pod_gets_the_idlest_gpu_server_stopped(
     assert f"hubcull_servers_waiting{{{labels}}} 2.0" in metrics
     assert f'hubcull_servers_culled_total{{{labels},reason="demand"}} 1.0' in metrics
     assert f"hubcull_demand_seconds_count{{{labels}}} 1.0" in metrics
+    # the operator's log: one line for the stop, naming the pod it was for and the limit
+    stops = [r.getMessage() for r in caplog.records if "stopped gpu-old" in r.getMessage()]
+    assert len(stops) == 1, stops
+    assert stops[0].startswith(f"{NS}/default: stopped gpu-old: demand (idle 3h")
+    assert stops[0].endswith(f"demand.minIdle 15m; frees {GPU} for pod jupyter-newcomer)")
 
 
-async def test_pods_that_do_not_wait_stop_nothing(kube: Kube, clean_hub: Hub) -> None:
+async def test_pods_that_do_not_wait_stop_nothing(
+    kube: Kube, clean_hub: Hub, caplog: pytest.LogCaptureFixture
+) -> None:
     """A pod nominated for a node (a preemption makes room), a z2jh user placeholder, a pod
     the autoscaler is adding a node for (scaleUpWait), a pod Unschedulable for less than
     ``after``, and a pod no stop can help (a taint) never get a server stopped; the last is
     reported as unfreeable."""
+    caplog.set_level(logging.INFO, logger="hubcull")
     hub = clean_hub
     await gpu_servers(kube, hub, {"gpu-old": 3 * HOUR + 300})
     await waiting_pod(kube, "nominated", since=600, nominated="gpu-2")
@@ -143,6 +153,11 @@ async def test_pods_that_do_not_wait_stop_nothing(kube: Kube, clean_hub: Hub) ->
     ready = condition(status, "Ready")
     assert ready["status"] == "True"
     assert "unfreeable (no stop can help): jupyter-tainted" in ready["message"]
+    logged = [r.getMessage() for r in caplog.records if "unfreeable" in r.getMessage()]
+    assert logged and logged[0] == (
+        f"{NS}/default: pod jupyter-tainted waits but is unfreeable (no stop can help): "
+        + TAINT_MESSAGE
+    )
 
 
 async def test_a_policy_sweeping_every_ten_minutes_frees_room_seconds_after_after(

@@ -409,24 +409,16 @@ class PolicyController:
             log.warning("webhook of %s/%s: %s", self.namespace, self.name, result.notify.summary())
 
     def _demand_events(self, outcome: SweepOutcome) -> None:
-        """One log line per demand stop (and per stop called off); a Normal ``FreeingRoom``
-        Event on the waiting pod for each real stop, which KubeSpawner shows its user."""
+        """A Normal ``FreeingRoom`` Event on the waiting pod for each real demand stop, which
+        KubeSpawner shows its user (the log lines come from the sweep's log)."""
         result = outcome.result
         assert result is not None
+        if result.dry_run or self.post_object_event is None:
+            return
         pods = {p.name: p for p in result.waiting}
         for record in result.freed:
-            verb = "would stop" if result.dry_run else "stopped"
-            log.info(
-                "%s/%s: %s %s to free %s for pod %s",
-                self.namespace,
-                self.name,
-                verb,
-                describe_cull(record),
-                ", ".join(record.frees),
-                record.for_pod,
-            )
             waiting = pods.get(record.for_pod or "")
-            if result.dry_run or self.post_object_event is None or waiting is None:
+            if waiting is None:
                 continue
             pod = {
                 "apiVersion": "v1",
@@ -443,15 +435,6 @@ class PolicyController:
                 "for this server"
             )
             self.post_object_event(pod, "Normal", "FreeingRoom", message)
-        for pod in result.unhelped:
-            if pod.unfreeable:
-                log.info(
-                    "%s/%s: pod %s waits but is unfreeable (no stop can help): %s",
-                    self.namespace,
-                    self.name,
-                    pod.name,
-                    pod.message or "no scheduler message",
-                )
 
     def _cull_events(self, outcome: SweepOutcome) -> None:
         result = outcome.result

@@ -38,6 +38,8 @@ def _limit(policy: Policy, reason: str) -> str:
         )
     if reason == "idleGPU":
         return f"GPU idle for idleTimeout {format_duration(policy.idle_timeout)}"
+    if reason == "demand" and policy.demand is not None:
+        return f"demand.minIdle {format_duration(policy.demand.min_idle)}"
     return f"idleTimeout {format_duration(policy.idle_timeout)}"
 
 
@@ -59,6 +61,9 @@ def _stop_line(policy: Policy, c: CullRecord, dry_run: bool) -> LogLine:
         "dryRun": dry_run,
     }
     figures = f"idle {idle}{by}, {_limit(policy, c.reason)}"
+    if c.reason == "demand":
+        fields["for"], fields["frees"] = c.for_pod, list(c.frees)
+        figures += f"; frees {', '.join(c.frees) or 'nothing'} for pod {c.for_pod}"
     if c.error is not None:
         fields["error"] = c.error
         return LogLine(
@@ -161,6 +166,16 @@ def sweep_log(policy: Policy, result: SweepResult) -> list[LogLine]:
             summary,
         )
     )
+    for pod in result.unhelped:
+        if pod.unfreeable:
+            lines.append(
+                LogLine(
+                    logging.INFO,
+                    f"pod {pod.name} waits but is unfreeable (no stop can help): "
+                    f"{pod.message or 'no scheduler message'}",
+                    {"event": "unfreeable", "pod": pod.name},
+                )
+            )
     for reason, detail in result.problems:
         lines.append(
             LogLine(logging.WARNING, f"{reason}: {detail}", {"event": "problem", "reason": reason})
