@@ -51,6 +51,7 @@ from tests.support.scenario import populate
 
 HUBCULL = str(Path(sys.executable).with_name("hubcull"))
 HOUR = 3600.0
+AFTER = 5.0  # spec.demand.after, seconds
 
 
 def _user(i: int) -> str:
@@ -115,23 +116,42 @@ def _choice_seconds(proxy: FaultProxy, mark: int) -> list[float]:
     return gaps
 
 
-async def _waiting_pods(kube: Kube, waiting: int) -> list[str]:
+async def _waiting_pods(kube: Kube, waiting: int) -> dict[str, float]:
+    """Create the waiting pods; each pod's name and when its ``after`` passes (its
+    ``lastTransitionTime`` plus 5 s, on the API server's clock, which is this machine's)."""
     names = [f"new{i:04d}" for i in range(waiting)]
-    await _bounded(
-        [
-            waiting_pod(
-                kube,
-                name,
-                since=0,
-                message=GPU_MESSAGE if i % 2 == 0 else CPU_MESSAGE,
-                requests={"cpu": "500m"},
-                limits={GPU: "1"} if i % 2 == 0 else None,
-                node_selector={"pool": "gpu" if i % 2 == 0 else "cpu"},
-            )
-            for i, name in enumerate(names)
-        ]
-    )
-    return names
+    dues: dict[str, float] = {}
+
+    async def one(i: int, name: str) -> None:
+        pod = await waiting_pod(
+            kube,
+            name,
+            since=0,
+            message=GPU_MESSAGE if i % 2 == 0 else CPU_MESSAGE,
+            requests={"cpu": "500m"},
+            limits={GPU: "1"} if i % 2 == 0 else None,
+            node_selector={"pool": "gpu" if i % 2 == 0 else "cpu"},
+        )
+        since = pod["status"]["conditions"][0]["lastTransitionTime"]
+        when = datetime.fromisoformat(since.replace("Z", "+00:00")) + timedelta(seconds=AFTER)
+        dues[pod["metadata"]["name"]] = when.timestamp()
+
+    await _bounded([one(i, name) for i, name in enumerate(names)])
+    return dues
+
+
+def _reactions(
+    log: list[dict[str, Any]], proxy: FaultProxy, mark: int, dues: dict[str, float]
+) -> list[float]:
+    """For each waiting pod a server was stopped for: from its ``after`` passing to the stop
+    request at the Hub (the operator's JSON stop lines say which server was for which pod)."""
+    stops = {s.path.split("/users/", 1)[1].split("/", 1)[0]: s.started for s in proxy.stops(mark)}
+    found = []
+    for line in log:
+        pod, user = line.get("for"), line.get("user")
+        if line.get("event") == "stop" and pod in dues and user in stops:
+            found.append(stops[user] - dues[pod])
+    return found
 
 
 def _operators(request: Any) -> bool:
@@ -148,7 +168,7 @@ async def variant(
     demand = name == "demand"
     spec: dict[str, Any] = {"every": "10m" if demand else "30s", "idleTimeout": "24h"}
     if demand:
-        spec["demand"] = {"minIdle": "15m", "after": "5s"}
+        spec["demand"] = {"minIdle": "15m", "after": f"{AFTER:g}s"}
     command = [HUBCULL, "run", "--namespace", NS, "--log-format", "json"]
     log_path = directory / f"{name}.log"
     life0 = len(list(kube.emulator))
@@ -167,7 +187,7 @@ async def variant(
         requests0 = len(list(kube.emulator))
         mark = proxy.mark()
         t0 = time.monotonic()
-        pods = await _waiting_pods(kube, waiting)
+        dues = await _waiting_pods(kube, waiting)
         if not demand:
             past = datetime.now(timezone.utc) - timedelta(hours=25)
             await hub.set_times_bulk(
@@ -203,7 +223,13 @@ async def variant(
         lines = swept()[1:]
         choice = _choice_seconds(proxy, mark)
         stopped = {s.path.split("/users/", 1)[1].split("/", 1)[0] for s in proxy.stops(mark)}
-    await _bounded([kube.delete(PODS, NS, f"jupyter-{p}", missing_ok=True) for p in pods])
+        events = [
+            json.loads(text)
+            for text in operator.output().splitlines()
+            if text.startswith("{") and '"stop"' in text
+        ]
+        reactions = _reactions(events, proxy, mark, dues) if demand else []
+    await _bounded([kube.delete(PODS, NS, pod, missing_ok=True) for pod in dues])
     await kube.delete("hubcull.io/v1alpha1/cullpolicies", NS, name, missing_ok=True)
     kinds = Counter(
         f"{r.method} {r.resource.plural if r.resource else r.url.path}"
@@ -226,6 +252,7 @@ async def variant(
         "requests": len(requests),
         "choice": choice,
         "stopped": stopped,
+        "reactions": reactions,
     }
 
 
@@ -288,6 +315,14 @@ def _ms(values: list[float]) -> str:
     )
 
 
+def _reaction(result: dict[str, Any]) -> str:
+    values = sorted(result["reactions"])
+    if not values:
+        return "n/a"
+    p95 = values[min(len(values) - 1, int(0.95 * len(values)))]
+    return f"{values[len(values) // 2]:.2f} / {p95:.2f} / {values[-1]:.2f} s (of {len(values)})"
+
+
 def _median_duration(result: dict[str, Any]) -> str:
     durations = sorted(s["durationSeconds"] for s in result["sweeps"])
     return f"{durations[len(durations) // 2]:.2f} s" if durations else "n/a"
@@ -315,6 +350,7 @@ def report(results: dict[str, Any], servers: int, waiting: int) -> None:
         ("pod listings over the operator's life (incl. watch)", lambda r: f"{r['pod_listings']}"),
         ("Hub listing answered -> first stop request", lambda r: _ms(r["choice"])),
         ("first sweep durationSeconds", lambda r: f"{r['first_sweep']['durationSeconds']:.2f} s"),
+        ("pod due -> its server's stop request (median / p95 / max)", _reaction),
     ]
     print("| | timer only (reference) | spec.demand |\n|---|---|---|")
     for label, cell in rows:
