@@ -259,10 +259,12 @@ class HubLog:
 
     async def requests_since(self, start: int, who: str | None = CULLER_IDENTITY) -> list[Request]:
         """Requests by ``who`` (``None``: anyone) logged since ``start`` (flushes the log
-        first)."""
+        first; the flushes' own sentinel requests are left out)."""
         await self.flush()
         requests = []
         for match in ACCESS_LINE.finditer(self._read(start)):
+            if "bench-sentinel=" in match["uri"]:
+                continue
             if who is None or match["who"] == who:
                 requests.append(
                     Request(
