@@ -27,34 +27,68 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import tempfile
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import kopf
 from tests.support.demand_pods import GPU, GPU_MESSAGE, running_pod, waiting_pod
-from tests.support.faultproxy import fault_proxy
-from tests.support.jhub import MINIMAL_SCOPES, start_hub
-from tests.support.kube import kube_server, run_operator
+from tests.support.faultproxy import FaultProxy, fault_proxy
+from tests.support.jhub import MINIMAL_SCOPES, Hub, start_hub
+from tests.support.kube import Kube, kube_server, run_operator
 from tests.support.operator_env import NS, cullpolicy, policy_status, secret
 from tests.support.scenario import populate
 
 from hubcull.engine.hub.model import Server, Snapshot, User
 from hubcull.engine.rules.decisions import decide
-from hubcull.engine.rules.demand import demand_data
+from hubcull.engine.rules.demand import demand_data, parse_time
 from hubcull.engine.rules.policy import parse_spec
 from hubcull.k8s import handlers
 from hubcull.k8s.metrics import Metrics
 
 AFTER = 5.0
 HOUR = 3600
+
+
+@contextlib.asynccontextmanager
+async def hub_and_kube() -> AsyncIterator[tuple[Hub, FaultProxy, Kube]]:
+    """A real JupyterHub behind the tests' recording proxy and the tests' Kubernetes API
+    emulator, in a temporary directory; ``KUBECONFIG`` points at the emulator (kopf's
+    login, and an operator subprocess, read it)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        async with (
+            start_hub(directory / "hub") as hub,
+            fault_proxy(hub.public_url) as proxy,
+            kube_server(directory) as kube,
+        ):
+            os.environ["KUBECONFIG"] = str(kube.kubeconfig_path)
+            yield hub, proxy, kube
+
+
+def due(pod: dict[str, Any]) -> datetime:
+    """When a waiting pod's ``after`` passes: its ``lastTransitionTime`` (the API server's
+    clock, which is this machine's; whole seconds) plus :data:`AFTER`."""
+    since = parse_time(pod["status"]["conditions"][0]["lastTransitionTime"])
+    assert since is not None
+    return since + timedelta(seconds=AFTER)
+
+
+def request_kinds(requests: Iterable[Any]) -> Counter[str]:
+    """Kubernetes API requests by method and resource (watches apart)."""
+    return Counter(
+        f"{r.method} {r.resource.plural if r.resource else r.url.path}"
+        + (" (watch)" if r.params.get("watch") else "")
+        for r in requests
+    )
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -77,58 +111,44 @@ async def gpu_pods(kube: Any, users: Iterable[str]) -> None:
 
 async def reaction(servers: int, pods: int) -> dict[str, Any]:
     """Run the reaction measurement; returns the samples and the request counts."""
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp)
-        async with (
-            start_hub(directory / "hub") as hub,
-            fault_proxy(hub.public_url) as proxy,
-            kube_server(directory) as kube,
-        ):
-            os.environ["KUBECONFIG"] = str(kube.kubeconfig_path)  # kopf's login reads it
-            users = {f"gpu{i:03d}": 3 * HOUR + 60 * i for i in range(servers)}
-            await populate(hub, {(u, ""): idle for u, idle in users.items()})
-            await kube.create_namespace(NS)
-            await gpu_pods(kube, users)
-            memo = kopf.Memo(metrics=Metrics(), controllers={}, served=set())
-            async with run_operator(kube, handlers, namespaces=[NS], memo=memo):
-                await kube.create(secret(await hub.token(MINIMAL_SCOPES)))
-                policy = cullpolicy(
-                    proxy.api_url,
-                    every="10m",
-                    idleTimeout="24h",
-                    demand={"minIdle": "15m", "after": f"{AFTER:g}s"},
-                )
-                await kube.create(policy)
+    async with hub_and_kube() as (hub, proxy, kube):
+        users = {f"gpu{i:03d}": 3 * HOUR + 60 * i for i in range(servers)}
+        await populate(hub, {(u, ""): idle for u, idle in users.items()})
+        await kube.create_namespace(NS)
+        await gpu_pods(kube, users)
+        memo = kopf.Memo(metrics=Metrics(), controllers={}, served=set())
+        async with run_operator(kube, handlers, namespaces=[NS], memo=memo):
+            await kube.create(secret(await hub.token(MINIMAL_SCOPES)))
+            policy = cullpolicy(
+                proxy.api_url,
+                every="10m",
+                idleTimeout="24h",
+                demand={"minIdle": "15m", "after": f"{AFTER:g}s"},
+            )
+            await kube.create(policy)
 
-                async def first_sweep() -> bool:
-                    return (await policy_status(kube)).get("serversWaiting") == 0
+            async def first_sweep() -> bool:
+                return (await policy_status(kube)).get("serversWaiting") == 0
 
-                await kube.wait_for(first_sweep, timeout=60)
-                requests_before = len(list(kube.emulator))
-                samples: list[float] = []
-                for i in range(pods):
-                    mark = proxy.mark()
-                    pod = await waiting_pod(kube, f"new{i:03d}", since=0, message=GPU_MESSAGE)
-                    condition = pod["status"]["conditions"][0]["lastTransitionTime"]
-                    since = datetime.fromisoformat(condition.replace("Z", "+00:00"))
-                    due = (since + timedelta(seconds=AFTER)).timestamp()
+            await kube.wait_for(first_sweep, timeout=60)
+            requests_before = len(list(kube.emulator))
+            samples: list[float] = []
+            for i in range(pods):
+                mark = proxy.mark()
+                pod = await waiting_pod(kube, f"new{i:03d}", since=0, message=GPU_MESSAGE)
+                due_at = due(pod).timestamp()
 
-                    def stopped(mark: int = mark) -> bool:
-                        return bool(proxy.stops(mark))
+                def stopped(mark: int = mark) -> bool:
+                    return bool(proxy.stops(mark))
 
-                    await kube.wait_for(stopped, timeout=60, interval=0.01)
-                    samples.append(proxy.stops(mark)[0].started - due)
-                requests = list(kube.emulator)[requests_before:]
-                status = await policy_status(kube)
-                sweeps = memo["metrics"].sweeps.labels(NS, "default", "success")._value.get()
-    kinds = Counter(
-        f"{r.method} {r.resource.plural if r.resource else r.url.path}"
-        + (" (watch)" if r.params.get("watch") else "")
-        for r in requests
-    )
+                await kube.wait_for(stopped, timeout=60, interval=0.01)
+                samples.append(proxy.stops(mark)[0].started - due_at)
+            requests = list(kube.emulator)[requests_before:]
+            status = await policy_status(kube)
+            sweeps = memo["metrics"].sweeps.labels(NS, "default", "success")._value.get()
     return {
         "samples": samples,
-        "kinds": kinds,
+        "kinds": request_kinds(requests),
         "culled": status.get("culledTotal"),
         "sweeps": sweeps,
     }
@@ -144,54 +164,43 @@ async def timer_reaction(pods: int, every: float, idle_timeout: float) -> dict[s
     Pods start one every ``every / pods`` seconds, so their due times spread evenly over one
     sweep period. The wait is the time from that moment to the server's ``DELETE`` at the Hub.
     """
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp)
-        async with (
-            start_hub(directory / "hub") as hub,
-            fault_proxy(hub.public_url) as proxy,
-            kube_server(directory) as kube,
-        ):
-            os.environ["KUBECONFIG"] = str(kube.kubeconfig_path)
-            users = [f"tmr{i:03d}" for i in range(pods)]
-            await populate(hub, {(u, ""): None for u in users})
-            await kube.create_namespace(NS)
-            await gpu_pods(kube, users)
-            memo = kopf.Memo(metrics=Metrics(), controllers={}, served=set())
-            async with run_operator(kube, handlers, namespaces=[NS], memo=memo):
-                await kube.create(secret(await hub.token(MINIMAL_SCOPES)))
-                policy = cullpolicy(
-                    proxy.api_url, every=f"{every:g}s", idleTimeout=f"{idle_timeout:g}s"
-                )
-                await kube.create(policy)
+    async with hub_and_kube() as (hub, proxy, kube):
+        users = [f"tmr{i:03d}" for i in range(pods)]
+        await populate(hub, {(u, ""): None for u in users})
+        await kube.create_namespace(NS)
+        await gpu_pods(kube, users)
+        memo = kopf.Memo(metrics=Metrics(), controllers={}, served=set())
+        async with run_operator(kube, handlers, namespaces=[NS], memo=memo):
+            await kube.create(secret(await hub.token(MINIMAL_SCOPES)))
+            policy = cullpolicy(
+                proxy.api_url, every=f"{every:g}s", idleTimeout=f"{idle_timeout:g}s"
+            )
+            await kube.create(policy)
 
-                async def first_sweep() -> bool:
-                    return (await policy_status(kube)).get("lastSweepTime") is not None
+            async def first_sweep() -> bool:
+                return (await policy_status(kube)).get("lastSweepTime") is not None
 
-                await kube.wait_for(first_sweep, timeout=60)
-                mark = proxy.mark()
-                dues: dict[str, float] = {}
-                for i, user in enumerate(users):
-                    pod = await waiting_pod(kube, f"new{i:03d}", since=0, message=GPU_MESSAGE)
-                    condition = pod["status"]["conditions"][0]["lastTransitionTime"]
-                    since = datetime.fromisoformat(condition.replace("Z", "+00:00"))
-                    due = since + timedelta(seconds=AFTER)
-                    dues[user] = due.timestamp()
-                    crossing = due - timedelta(seconds=idle_timeout)
-                    await hub.set_times_bulk(
-                        [{"user": user, "server": "", "last_activity": crossing}]
-                    )
-                    await asyncio.sleep(every / pods)  # pods arrive at a steady pace
+            await kube.wait_for(first_sweep, timeout=60)
+            mark = proxy.mark()
+            dues: dict[str, float] = {}
+            for i, user in enumerate(users):
+                pod = await waiting_pod(kube, f"new{i:03d}", since=0, message=GPU_MESSAGE)
+                when = due(pod)
+                dues[user] = when.timestamp()
+                crossing = when - timedelta(seconds=idle_timeout)
+                await hub.set_times_bulk([{"user": user, "server": "", "last_activity": crossing}])
+                await asyncio.sleep(every / pods)  # pods arrive at a steady pace
 
-                def all_stopped() -> bool:
-                    return len(proxy.stops(mark)) >= len(users)
+            def all_stopped() -> bool:
+                return len(proxy.stops(mark)) >= len(users)
 
-                await kube.wait_for(all_stopped, timeout=every * 3 + 60, interval=0.05)
-                stops = proxy.stops(mark)
-                sweeps = memo["metrics"].sweeps.labels(NS, "default", "success")._value.get()
+            await kube.wait_for(all_stopped, timeout=every * 3 + 60, interval=0.05)
+            stops = proxy.stops(mark)
+            sweeps = memo["metrics"].sweeps.labels(NS, "default", "success")._value.get()
     samples = []
-    for user, due in dues.items():
+    for user, due_at in dues.items():
         stop = next(s for s in stops if f"/users/{user}/" in s.path)
-        samples.append(stop.started - due)
+        samples.append(stop.started - due_at)
     return {"samples": samples, "sweeps": sweeps, "every": every, "idle_timeout": idle_timeout}
 
 

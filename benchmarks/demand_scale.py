@@ -35,23 +35,23 @@ import os
 import sys
 import tempfile
 import time
-from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import psutil
 from tests.support.demand_pods import CPU_MESSAGE, GPU, GPU_MESSAGE, running_pod, waiting_pod
-from tests.support.faultproxy import FaultProxy, fault_proxy
-from tests.support.jhub import MINIMAL_SCOPES, start_hub
-from tests.support.kube import Kube, kube_server, run_operator_process
+from tests.support.faultproxy import FaultProxy
+from tests.support.jhub import MINIMAL_SCOPES
+from tests.support.kube import Kube, run_operator_process
 from tests.support.operator_env import NS, cullpolicy, secret
 from tests.support.pods import PODS
 from tests.support.scenario import populate
 
+from benchmarks.demand import AFTER, due, hub_and_kube, request_kinds
+
 HUBCULL = str(Path(sys.executable).with_name("hubcull"))
 HOUR = 3600.0
-AFTER = 5.0  # spec.demand.after, seconds
 
 
 def _user(i: int) -> str:
@@ -117,8 +117,7 @@ def _choice_seconds(proxy: FaultProxy, mark: int) -> list[float]:
 
 
 async def _waiting_pods(kube: Kube, waiting: int) -> dict[str, float]:
-    """Create the waiting pods; each pod's name and when its ``after`` passes (its
-    ``lastTransitionTime`` plus 5 s, on the API server's clock, which is this machine's)."""
+    """Create the waiting pods; each pod's name and when its ``after`` passes (:func:`due`)."""
     names = [f"new{i:04d}" for i in range(waiting)]
     dues: dict[str, float] = {}
 
@@ -132,12 +131,15 @@ async def _waiting_pods(kube: Kube, waiting: int) -> dict[str, float]:
             limits={GPU: "1"} if i % 2 == 0 else None,
             node_selector={"pool": "gpu" if i % 2 == 0 else "cpu"},
         )
-        since = pod["status"]["conditions"][0]["lastTransitionTime"]
-        when = datetime.fromisoformat(since.replace("Z", "+00:00")) + timedelta(seconds=AFTER)
-        dues[pod["metadata"]["name"]] = when.timestamp()
+        dues[pod["metadata"]["name"]] = due(pod).timestamp()
 
     await _bounded([one(i, name) for i, name in enumerate(names)])
     return dues
+
+
+def _user_of(stop: Any) -> str:
+    """The user whose server a stop request (``DELETE .../users/{name}/server``) stops."""
+    return str(stop.path.split("/users/", 1)[1].split("/", 1)[0])
 
 
 def _reactions(
@@ -145,7 +147,7 @@ def _reactions(
 ) -> list[float]:
     """For each waiting pod a server was stopped for: from its ``after`` passing to the stop
     request at the Hub (the operator's JSON stop lines say which server was for which pod)."""
-    stops = {s.path.split("/users/", 1)[1].split("/", 1)[0]: s.started for s in proxy.stops(mark)}
+    stops = {_user_of(s): s.started for s in proxy.stops(mark)}
     found = []
     for line in log:
         pod, user = line.get("for"), line.get("user")
@@ -222,7 +224,7 @@ async def variant(
         life = [r for r in everything[life0:] if _operators(r)]
         lines = swept()[1:]
         choice = _choice_seconds(proxy, mark)
-        stopped = {s.path.split("/users/", 1)[1].split("/", 1)[0] for s in proxy.stops(mark)}
+        stopped = {_user_of(s) for s in proxy.stops(mark)}
         events = [
             json.loads(text)
             for text in operator.output().splitlines()
@@ -231,11 +233,7 @@ async def variant(
         reactions = _reactions(events, proxy, mark, dues) if demand else []
     await _bounded([kube.delete(PODS, NS, pod, missing_ok=True) for pod in dues])
     await kube.delete("hubcull.io/v1alpha1/cullpolicies", NS, name, missing_ok=True)
-    kinds = Counter(
-        f"{r.method} {r.resource.plural if r.resource else r.url.path}"
-        + (" (watch)" if r.params.get("watch") else "")
-        for r in requests
-    )
+    kinds = request_kinds(requests)
     listings = sum(
         1
         for r in life
@@ -258,14 +256,8 @@ async def variant(
 
 async def run(servers: int, waiting: int) -> dict[str, Any]:
     """Set up the Hub and the API server once, then run both variants."""
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp)
-        async with (
-            start_hub(directory / "hub") as hub,
-            fault_proxy(hub.public_url) as proxy,
-            kube_server(directory) as kube,
-        ):
-            os.environ["KUBECONFIG"] = str(kube.kubeconfig_path)
+    with tempfile.TemporaryDirectory() as logs:
+        async with hub_and_kube() as (hub, proxy, kube):
             t0 = time.monotonic()
             await populate(hub, {(_user(i), ""): _idle(i, servers) for i in range(servers)})
             await kube.create_namespace(NS)
@@ -286,7 +278,7 @@ async def run(servers: int, waiting: int) -> dict[str, Any]:
             setup = time.monotonic() - t0
             results: dict[str, Any] = {"setup": setup}
             for name in ("timer", "demand"):
-                results[name] = await variant(name, hub, proxy, kube, directory, waiting)
+                results[name] = await variant(name, hub, proxy, kube, Path(logs), waiting)
                 stopped = sorted(results[name]["stopped"])
                 if stopped:  # start them again, idle as before: the next variant sees the same
                     await hub.spawn_many([(u, "") for u in stopped])
