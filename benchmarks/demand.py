@@ -40,11 +40,20 @@ from pathlib import Path
 from typing import Any
 
 import kopf
-from tests.support.demand_pods import GPU, GPU_MESSAGE, running_pod, waiting_pod
+from tests.support.demand_pods import (
+    GPU,
+    GPU_MESSAGE,
+    running_pod,
+    running_status,
+    unschedulable_status,
+    waiting_pod,
+    with_resources,
+)
 from tests.support.faultproxy import FaultProxy, fault_proxy
 from tests.support.jhub import MINIMAL_SCOPES, Hub, start_hub
 from tests.support.kube import Kube, kube_server, run_operator
 from tests.support.operator_env import NS, cullpolicy, policy_status, secret
+from tests.support.pods import singleuser_pod
 from tests.support.scenario import populate
 
 from hubcull.engine.hub.model import Server, Snapshot, User
@@ -221,64 +230,24 @@ def _scale_inputs(servers: int, waiting: int) -> tuple[Any, Snapshot, list[dict]
         server = Server(name, "", True, None, False, started, now - timedelta(seconds=idle), None)
         users.append(User(name, False, (), server.last_activity, started, (server,)))
         gpu = i % 4 == 0
-        pods.append(
-            {
-                "metadata": {
-                    "name": f"jupyter-{name}",
-                    "labels": {"component": "singleuser-server"},
-                    "annotations": {"hub.jupyter.org/username": name},
-                },
-                "spec": {
-                    "nodeName": f"{'gpu' if gpu else 'cpu'}-{i % 50}",
-                    "nodeSelector": {"pool": "gpu" if gpu else "cpu"},
-                    "containers": [
-                        {
-                            "resources": {
-                                "requests": {"cpu": "500m", "memory": "2Gi"},
-                                "limits": {GPU: "1"} if gpu else {},
-                            }
-                        }
-                    ],
-                },
-                "status": {"phase": "Running"},
-            }
+        pod = with_resources(
+            singleuser_pod(name),
+            {"cpu": "500m", "memory": "2Gi"},
+            {GPU: "1"} if gpu else None,
+            {"pool": "gpu" if gpu else "cpu"},
         )
+        pod["spec"]["nodeName"] = f"{'gpu' if gpu else 'cpu'}-{i % 50}"
+        pods.append({**pod, "status": running_status()})
     for i in range(waiting):
         gpu = i % 2 == 0
-        pods.append(
-            {
-                "metadata": {
-                    "name": f"jupyter-new{i:04d}",
-                    "labels": {"component": "singleuser-server"},
-                    "annotations": {"hub.jupyter.org/username": f"new{i:04d}"},
-                },
-                "spec": {
-                    "nodeSelector": {"pool": "gpu" if gpu else "cpu"},
-                    "containers": [
-                        {
-                            "resources": {
-                                "requests": {"cpu": "2" if not gpu else "500m"},
-                                "limits": {GPU: "1"} if gpu else {},
-                            }
-                        }
-                    ],
-                },
-                "status": {
-                    "phase": "Pending",
-                    "conditions": [
-                        {
-                            "type": "PodScheduled",
-                            "status": "False",
-                            "reason": "Unschedulable",
-                            "message": GPU_MESSAGE
-                            if gpu
-                            else "0/50 nodes are available: 50 Insufficient cpu.",
-                            "lastTransitionTime": "2026-12-06T02:58:00Z",
-                        }
-                    ],
-                },
-            }
+        pod = with_resources(
+            singleuser_pod(f"new{i:04d}"),
+            {"cpu": "500m" if gpu else "2"},
+            {GPU: "1"} if gpu else None,
+            {"pool": "gpu" if gpu else "cpu"},
         )
+        message = GPU_MESSAGE if gpu else "0/50 nodes are available: 50 Insufficient cpu."
+        pods.append({**pod, "status": unschedulable_status(message, now - timedelta(minutes=2))})
     snapshot = Snapshot.from_users(users, now, "5.3.0", "hub")
     return policy, snapshot, pods, now
 

@@ -5,7 +5,7 @@ active is not deleted."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from fractions import Fraction
 from typing import Any
 
@@ -17,8 +17,9 @@ from hubcull.engine.sweep.connection import new_client
 from hubcull.engine.sweep.records import DemandSkip
 from hubcull.engine.sweep.run import execute
 from hubcull.engine.sweep.snapshot import take_snapshot
-from tests.support.demand_pods import GPU, GPU_MESSAGE
+from tests.support.demand_pods import GPU, GPU_MESSAGE, unschedulable_status, with_resources
 from tests.support.jhub import MINIMAL_SCOPES, Hub
+from tests.support.pods import singleuser_pod
 from tests.support.scenario import ago, policy_for, populate
 
 pytestmark = pytest.mark.hub
@@ -43,23 +44,9 @@ class PodsAsTheyAre:
         return self.pod if name == POD else None
 
 
-def pending(since: str) -> dict[str, Any]:
-    return {
-        "metadata": {"name": POD, "labels": {"component": "singleuser-server"}},
-        "spec": {"containers": [{"resources": {"limits": {GPU: "1"}}}]},
-        "status": {
-            "phase": "Pending",
-            "conditions": [
-                {
-                    "type": "PodScheduled",
-                    "status": "False",
-                    "reason": "Unschedulable",
-                    "message": GPU_MESSAGE,
-                    "lastTransitionTime": since,
-                }
-            ],
-        },
-    }
+def pending(since: datetime) -> dict[str, Any]:
+    pod = with_resources(singleuser_pod("newcomer", name=POD), limits={GPU: "1"})
+    return {**pod, "status": unschedulable_status(GPU_MESSAGE, since)}
 
 
 async def plan_for_one_waiting_pod(hub: Hub, token: str):
@@ -86,7 +73,7 @@ async def test_a_victim_active_since_the_listing_is_not_stopped(
     if active_meanwhile:
         await hub.set_times("gpu-old", "", last_activity=ago(1))
     skipped: list[DemandSkip] = []
-    source = PodsAsTheyAre(pending("2026-12-06T02:00:00Z"))
+    source = PodsAsTheyAre(pending(datetime(2026, 12, 6, 2, tzinfo=timezone.utc)))
     async with new_client(policy, token, None, None) as client:
         culls, _, _ = await execute(plan, policy, client, demand=source, skipped=skipped)
     running = ("gpu-old", "") in await hub.running_servers()

@@ -95,7 +95,7 @@ async def test_a_failed_sweep_is_retried_while_a_pod_waits_backing_off(
         count = len(wakes)
         hub.observed(NS, "default")
         hub.failed(NS, "default")  # a failure with no pod waiting: no wake-up
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(0.6)  # a negative: past the retry's 0.2 s, nothing to poll for
         assert len(wakes) == count
     finally:
         await hub.close()

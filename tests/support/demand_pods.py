@@ -56,6 +56,38 @@ def with_resources(
     return pod
 
 
+def running_status() -> dict[str, Any]:
+    """A scheduled, Running pod's status (its IP is this machine's)."""
+    return {
+        "phase": "Running",
+        "podIP": "127.0.0.1",
+        "conditions": [{"type": "PodScheduled", "status": "True"}],
+    }
+
+
+def unschedulable_status(
+    message: str, when: datetime, nominated: str | None = None
+) -> dict[str, Any]:
+    """A Pending pod's status when the scheduler has found no node for it since ``when``:
+    ``PodScheduled`` False, reason ``Unschedulable``, the scheduler's ``message``."""
+    status: dict[str, Any] = {
+        "phase": "Pending",
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": message,
+                "lastProbeTime": None,
+                "lastTransitionTime": k8s_time(when),
+            }
+        ],
+    }
+    if nominated:
+        status["nominatedNodeName"] = nominated
+    return status
+
+
 async def running_pod(
     kube: Kube,
     user: str,
@@ -70,13 +102,12 @@ async def running_pod(
     pod = with_resources(singleuser_pod(user, namespace=namespace), requests, limits, node_selector)
     pod["spec"]["nodeName"] = node
     created = await kube.create(pod)
-    status = {
-        "phase": "Running",
-        "podIP": "127.0.0.1",
-        "conditions": [{"type": "PodScheduled", "status": "True"}],
-    }
     return await kube.patch(
-        PODS, namespace, created["metadata"]["name"], {"status": status}, subresource="status"
+        PODS,
+        namespace,
+        created["metadata"]["name"],
+        {"status": running_status()},
+        subresource="status",
     )
 
 
@@ -101,21 +132,7 @@ async def waiting_pod(
     pod = with_resources(pod, requests, limits, node_selector)
     created = await kube.create(pod)
     when = datetime.now(timezone.utc) - timedelta(seconds=since)
-    status: dict[str, Any] = {
-        "phase": "Pending",
-        "conditions": [
-            {
-                "type": "PodScheduled",
-                "status": "False",
-                "reason": "Unschedulable",
-                "message": message,
-                "lastProbeTime": None,
-                "lastTransitionTime": k8s_time(when),
-            }
-        ],
-    }
-    if nominated:
-        status["nominatedNodeName"] = nominated
+    status = unschedulable_status(message, when, nominated)
     return await kube.patch(
         PODS, namespace, created["metadata"]["name"], {"status": status}, subresource="status"
     )

@@ -439,9 +439,8 @@ class KubeDemandSource:
         """The pod as the API server has it now."""
         try:
             return await self.hub.kube.read_pod(self.namespace, name)
-        except KubeForbidden:
-            self.hub.failed(self.namespace, self.policy)
-            raise _forbidden(self.namespace, "pods get") from None
         except (KubeError, httpx.HTTPError, ValueError) as exc:
             self.hub.failed(self.namespace, self.policy)
+            if isinstance(exc, KubeForbidden):
+                raise _forbidden(self.namespace, "pods get") from None
             raise PodsUnavailable(f"reading pod {name} failed: {exc}") from None
