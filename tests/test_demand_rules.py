@@ -25,6 +25,7 @@ from hubcull.engine.rules.demand import (
     scale_ups,
 )
 from hubcull.engine.rules.quantities import QuantityError, format_quantity, parse_quantity
+from tests.support.demand_pods import unschedulable_status
 
 NOW = datetime(2026, 12, 6, 2, 0, tzinfo=timezone.utc)
 GPU = "nvidia.com/gpu"
@@ -137,22 +138,7 @@ def pending_pod(
         metadata["deletionTimestamp"] = "2026-12-06T01:59:00Z"
     if owner:
         metadata["ownerReferences"] = [owner]
-    status: dict = {
-        "phase": "Pending",
-        "conditions": [
-            {
-                "type": "PodScheduled",
-                "status": "False",
-                "reason": "Unschedulable",
-                "message": message,
-                "lastTransitionTime": (NOW - timedelta(seconds=since)).strftime(
-                    "%Y-%m-%dT%H:%M:%SZ"
-                ),
-            }
-        ],
-    }
-    if nominated:
-        status["nominatedNodeName"] = nominated
+    status = unschedulable_status(message, NOW - timedelta(seconds=since), nominated)
     resources = {"requests": requests or {GPU: "1"}}
     if limits:
         resources["limits"] = limits
